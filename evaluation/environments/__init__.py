@@ -1,0 +1,16 @@
+"""Benchmark adapters behind one interface; `make_environment` picks one from config."""
+
+from __future__ import annotations
+
+from evaluation.environments.base import Environment, EnvironmentFactory, Observation, TaskSpec
+from r2w.config import EnvConfig
+
+__all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make_environment"]
+
+
+def make_environment(cfg: EnvConfig) -> EnvironmentFactory:
+    if cfg.name == "twx":
+        from evaluation.environments.twx import TWXFactory
+
+        return TWXFactory(cfg.game, cfg.params, cfg.max_steps)
+    raise ValueError(f"env.name: unknown environment {cfg.name!r} (expected 'twx')")

@@ -1,0 +1,61 @@
+"""The agent's prompt: one template for base, teacher and student.
+
+The teacher's prompt differs from the student's ONLY by the retrieved-hints block in the
+system message, which is delimited so it can be removed and its removal verified
+(the student prompt must be byte-identical to what the base agent sees at inference).
+"""
+
+from __future__ import annotations
+
+from r2w.contracts import Hint, Message
+
+PROMPT_VERSION = "agent-v1"
+
+SYSTEM = (
+    "You are an agent playing a text game. Read the task and the observation, "
+    "then reply with exactly one action copied from the list of valid actions."
+)
+HINTS_OPEN = "\n\n### Hints from past attempts\n"
+HINTS_CLOSE = "\n### End of hints"
+
+
+def render_hints_block(hints: list[Hint]) -> str:
+    """The delimited block inserted into the teacher's system prompt (empty when no hints)."""
+    if not hints:
+        return ""
+    lines = "\n".join(f"- {h.applicability.rstrip('.')}: {h.text}" for h in hints)
+    return f"{HINTS_OPEN}{lines}{HINTS_CLOSE}"
+
+
+def build_messages(
+    task: str,
+    observation: str,
+    valid_actions: list[str],
+    history: list[tuple[str, str]],
+    hints_block: str = "",
+) -> list[Message]:
+    """Chat messages for one decision; `history` is [(action, observation), ...], most recent last."""
+    past = "\n".join(f"> {action}\n{obs}" for action, obs in history)
+    user = (
+        f"Task: {task}\n"
+        + (f"Recent steps:\n{past}\n" if past else "")
+        + f"Observation: {observation}\n"
+        + f"Valid actions: {', '.join(valid_actions)}\n"
+        + "Next action:"
+    )
+    return [Message(role="system", content=SYSTEM + hints_block), Message(role="user", content=user)]
+
+
+def strip_hints_block(messages: list[Message]) -> list[Message]:
+    """Remove the hints block from a teacher prompt, leaving the exact student/base prompt."""
+    out = []
+    for m in messages:
+        content = m.content
+        start = content.find(HINTS_OPEN)
+        if m.role == "system" and start >= 0:
+            end = content.find(HINTS_CLOSE, start)
+            if end < 0:
+                raise ValueError("hints block opened but never closed: refusing to guess its extent")
+            content = content[:start] + content[end + len(HINTS_CLOSE) :]
+        out.append(Message(role=m.role, content=content))
+    return out

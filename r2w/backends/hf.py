@@ -1,0 +1,138 @@
+"""In-process transformers backend: used by tests and as the fallback without vLLM.
+
+Valid-action choice is enforced with a token trie in `prefix_allowed_tokens_fn`, so the
+model can only emit one of the given strings followed by end-of-turn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from r2w.backends.base import Completion, SamplingParams
+from r2w.contracts import Message
+
+MICRO_BATCH = 32
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        adapter_path: str | Path | None = None,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+        self.model = model.eval()
+        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
+            self.eos_id = self.tokenizer.eos_token_id
+        self.seed = seed
+        self._calls = 0
+
+    def render(self, messages: list[Message]) -> str:
+        return self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+        )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[Message]],
+        params: SamplingParams,
+        choices: list[list[str]] | None = None,
+    ) -> list[Completion]:
+        texts = [self.render(p) for p in prompts]
+        rows = [(i, j) for i in range(len(texts)) for j in range(params.n)]
+        outputs: dict[int, Completion] = {}
+        self._calls += 1
+        torch.manual_seed(params.seed + self.seed * 1_000_003 + self._calls)
+        for start in range(0, len(rows), MICRO_BATCH):
+            part = rows[start : start + MICRO_BATCH]
+            batch_texts = [texts[i] for i, _ in part]
+            batch_choices = [choices[i] for i, _ in part] if choices else None
+            gen, prompt_lens = self._generate_batch(batch_texts, params, batch_choices)
+            for (i, _), (text, n_new), n_prompt in zip(part, gen, prompt_lens, strict=True):
+                comp = outputs.setdefault(i, Completion(texts=[], prompt_tokens=n_prompt))
+                comp.texts.append(text)
+                comp.completion_tokens.append(n_new)
+        return [outputs[i] for i in range(len(texts))]
+
+    def _generate_batch(
+        self, texts: list[str], params: SamplingParams, choices: list[list[str]] | None
+    ) -> tuple[list[tuple[str, int]], list[int]]:
+        tok = self.tokenizer
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_len = enc["input_ids"].shape[1]
+        max_new = params.max_tokens
+        kwargs: dict = {}
+        if choices is not None:
+            tries = [_ActionTrie(tok, actions, self.eos_id) for actions in choices]
+            max_new = max(max_new, max(t.depth for t in tries) + 1)
+            pad_id = tok.pad_token_id
+
+            def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+                return tries[batch_id].allowed(input_ids[prompt_len:].tolist(), pad_id)
+
+            kwargs["prefix_allowed_tokens_fn"] = allowed
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        out = self.model.generate(
+            **enc,
+            max_new_tokens=max_new,
+            eos_token_id=self.eos_id,
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
+        results = []
+        for row in out[:, prompt_len:].tolist():
+            ids = []
+            for t in row:
+                if t == self.eos_id or t == tok.pad_token_id:
+                    break
+                ids.append(t)
+            n_new = len(ids) + (1 if len(ids) < len(row) else 0)
+            results.append((tok.decode(ids, skip_special_tokens=True).strip(), n_new))
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        return results, prompt_lens
+
+
+class _ActionTrie:
+    """Token-level prefix tree over the valid actions, each ending in end-of-turn."""
+
+    def __init__(self, tokenizer, actions: list[str], eos_id: int) -> None:
+        self.root: dict[int, dict] = {}
+        self.eos_id = eos_id
+        self.depth = 1
+        for action in actions:
+            ids = tokenizer(action, add_special_tokens=False)["input_ids"] + [eos_id]
+            self.depth = max(self.depth, len(ids))
+            node = self.root
+            for t in ids:
+                node = node.setdefault(t, {})
+
+    def allowed(self, generated: list[int], pad_id: int) -> list[int]:
+        node = self.root
+        for t in generated:
+            if t == self.eos_id or t == pad_id:
+                return [pad_id]
+            node = node.get(t)
+            if node is None:  # cannot happen under the constraint; end the turn safely
+                return [self.eos_id]
+        return list(node) or [self.eos_id]

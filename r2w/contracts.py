@@ -1,0 +1,166 @@
+"""Typed records that every stage reads and writes.
+
+Stages talk only through these contracts and the stores (datasets on disk, Chroma, MLflow);
+keeping them in one module makes the data flow auditable in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def content_hash(payload: object) -> str:
+    """sha256 of a canonical JSON dump: the identity of data, independent of where it lives."""
+    blob = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Step(Record):
+    """One agent decision: what it saw, what it said, what the environment did with it."""
+
+    index: int
+    observation: str
+    valid_actions: list[str]
+    prompt: list[Message]
+    response: str
+    action: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reward: float = 0.0
+
+
+class Episode(Record):
+    """One attempt at one task, with its verifiable outcome."""
+
+    episode_id: str
+    env: str
+    category: str
+    task_id: str
+    split: str
+    seed: int
+    task: str
+    steps: list[Step] = Field(default_factory=list)
+    success: bool = False
+    score: float = 0.0
+    outcome: str = ""
+    policy: str = ""  # model / adapter identity that produced it
+    hint_ids: list[str] = Field(default_factory=list)
+    sample_index: int = 0
+    config_hash: str = ""
+    wall_time_s: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+    source: str = "rollout"  # rollout | trace-file | mlflow-trace
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(s.prompt_tokens for s in self.steps)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.steps)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Provenance(Record):
+    episode_ids: list[str] = Field(default_factory=list)
+    run_ids: list[str] = Field(default_factory=list)
+    first_seen: datetime = Field(default_factory=utcnow)
+    last_seen: datetime = Field(default_factory=utcnow)
+
+
+class Hint(Record):
+    """A short, general, imperative lesson with the condition under which it applies."""
+
+    hint_id: str
+    text: str
+    applicability: str
+    category: str
+    status: Literal["active", "disabled"] = "active"
+    support: int = 1
+    source: Literal["extracted", "curated"] = "extracted"
+    extractor: str = ""  # model + prompt version that wrote it
+    provenance: Provenance = Field(default_factory=Provenance)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @staticmethod
+    def make_id(text: str, category: str) -> str:
+        return "h-" + content_hash({"text": text.strip().lower(), "category": category})[:16]
+
+
+class Trajectory(Record):
+    """A verified-successful teacher episode, with the hints that were in its prompt."""
+
+    trajectory_id: str
+    episode: Episode
+    hint_ids: list[str]
+    hints_block: str  # the exact block inserted into the teacher's system prompt
+
+
+class DistillExample(Record):
+    """One hint-free training example: the student's prompt and the teacher's action."""
+
+    example_id: str
+    task_id: str
+    category: str
+    prompt: list[Message]
+    completion: str
+    rejected: str | None = None  # the base agent's action in the same state (DPO)
+    trajectory_id: str
+    split: Literal["train", "validation"] = "train"
+
+
+class GateCheck(Record):
+    name: str
+    value: float
+    threshold: float
+    comparison: Literal[">=", "<="]
+    passed: bool
+    detail: str = ""
+
+
+class PolicyScore(Record):
+    """A policy's success on a suite, with the sample size and a 95% interval."""
+
+    policy: str
+    n: int
+    successes: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    mean_steps: float = 0.0
+    mean_tokens: float = 0.0
+
+
+class GateReport(Record):
+    passed: bool
+    checks: list[GateCheck]
+    scores: list[PolicyScore]
+    retention: dict[str, float] = Field(default_factory=dict)
+    leakage: dict[str, int] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def score(self, policy: str) -> PolicyScore | None:
+        return next((s for s in self.scores if s.policy == policy), None)

@@ -1,0 +1,96 @@
+"""Content-addressed, versioned datasets of contract records (Parquet via HF `datasets`).
+
+A dataset lives at <root>/<kind>/<hash>/ with data.parquet and manifest.json. It is written to
+a temp folder and renamed into place, so a crash never leaves a half-written version, and an
+identical dataset is never written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from r2w.contracts import Record, content_hash, utcnow
+
+R = TypeVar("R", bound=Record)
+
+
+class DatasetRef(BaseModel):
+    """A pointer to one stored dataset version: enough to find, verify and cite it."""
+
+    kind: str
+    hash: str
+    path: str
+    rows: int
+
+    @property
+    def short(self) -> str:
+        return self.hash[:12]
+
+
+def _rows(records: list[Record]) -> list[dict]:
+    # Nested lists of models are stored as JSON strings: Parquet schemas of deeply nested,
+    # sometimes-empty lists are brittle, and a JSON column stays readable with any tool.
+    return [{"id": _record_id(r), "json": r.model_dump_json()} for r in records]
+
+
+def _record_id(record: Record) -> str:
+    for field in ("episode_id", "hint_id", "trajectory_id", "example_id"):
+        if hasattr(record, field):
+            return str(getattr(record, field))
+    return content_hash(record.model_dump(mode="json"))[:16]
+
+
+def save_records(records: list[R], root: str | Path, kind: str, meta: dict | None = None) -> DatasetRef:
+    """Store records as a new dataset version (idempotent: same content, same folder)."""
+    from datasets import Dataset
+
+    payload = [r.model_dump(mode="json") for r in records]
+    digest = content_hash(payload)
+    final = Path(root) / kind / digest[:16]
+    ref = DatasetRef(kind=kind, hash=digest, path=str(final), rows=len(records))
+    if (final / "manifest.json").is_file():
+        return ref
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:8]}-", dir=final.parent))
+    try:
+        rows = _rows(records)
+        table = Dataset.from_list(rows) if rows else Dataset.from_dict({"id": [], "json": []})
+        table.to_parquet(str(tmp / "data.parquet"))
+        manifest = {
+            "kind": kind,
+            "hash": digest,
+            "rows": len(records),
+            "record_type": type(records[0]).__name__ if records else None,
+            "created_at": utcnow().isoformat(),
+            "meta": meta or {},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another writer stored the same content first
+            if not (final / "manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ref
+
+
+def load_records(ref: DatasetRef | str | Path, record_type: type[R]) -> list[R]:
+    """Read a dataset version back, verifying its content hash."""
+    import pyarrow.parquet as pq
+
+    path = Path(ref.path if isinstance(ref, DatasetRef) else ref)
+    manifest = json.loads((path / "manifest.json").read_text())
+    table = pq.read_table(path / "data.parquet")
+    records = [record_type.model_validate_json(s) for s in table.column("json").to_pylist()]
+    actual = content_hash([r.model_dump(mode="json") for r in records])
+    if actual != manifest["hash"]:
+        raise ValueError(f"{path}: content hash mismatch (manifest {manifest['hash'][:12]}, data {actual[:12]})")
+    return records

@@ -1,0 +1,194 @@
+"""Lockstep batched rollouts: many episodes advance together, one generate call per step.
+
+Sending every live episode's prompt in one batch is what makes batched backends (vLLM,
+padded transformers generate) pay off. Policies see only prompts and valid actions.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from evaluation.environments import EnvironmentFactory, Observation, TaskSpec
+from prompts.agent import build_messages
+from r2w.backends import GenerationBackend, SamplingParams
+from r2w.contracts import Episode, Message, Step, content_hash
+
+
+@dataclass
+class EpisodeState:
+    task: TaskSpec
+    task_text: str
+    obs: Observation
+    hints_block: str = ""
+    hint_ids: list[str] = field(default_factory=list)
+    sample_index: int = 0
+    history: list[tuple[str, str]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Decision:
+    action: str
+    response: str
+    prompt: list[Message]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Policy(Protocol):
+    name: str
+
+    def act(self, states: list[EpisodeState]) -> list[Decision]: ...
+
+
+class LLMPolicy:
+    """Prompt the model with task, recent history and valid actions; constrain or map its reply."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        name: str,
+        params: SamplingParams,
+        history: int = 3,
+        constrained: bool = True,
+    ) -> None:
+        self.backend, self.name, self.params = backend, name, params
+        self.history, self.constrained = history, constrained
+
+    def prompt_for(self, state: EpisodeState) -> list[Message]:
+        recent = state.history[-self.history :] if self.history else []
+        return build_messages(state.task_text, state.obs.text, state.obs.valid_actions, recent, state.hints_block)
+
+    def act(self, states: list[EpisodeState]) -> list[Decision]:
+        prompts = [self.prompt_for(s) for s in states]
+        choices = [s.obs.valid_actions for s in states] if self.constrained else None
+        completions = self.backend.generate(prompts, self.params, choices=choices)
+        return [
+            Decision(
+                action=map_to_valid_action(c.texts[0], s.obs.valid_actions),
+                response=c.texts[0],
+                prompt=p,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens[0] if c.completion_tokens else 0,
+            )
+            for s, p, c in zip(states, prompts, completions, strict=True)
+        ]
+
+
+class RandomPolicy:
+    """Uniformly random valid action: the baseline every success rate is reported beside."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = random.Random(seed)
+
+    def act(self, states: list[EpisodeState]) -> list[Decision]:
+        return [Decision(action=(a := self.rng.choice(s.obs.valid_actions)), response=a, prompt=[]) for s in states]
+
+
+def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
+    """Map free text to the closest valid action (exact, then prefix, then fuzzy ratio)."""
+    from rapidfuzz import fuzz, process
+
+    cleaned = text.strip().splitlines()[0].strip().strip(".").lower() if text.strip() else ""
+    if cleaned in valid_actions:
+        return cleaned
+    for action in valid_actions:
+        if cleaned.startswith(action):
+            return action
+    best = process.extractOne(cleaned, valid_actions, scorer=fuzz.ratio)
+    return best[0] if best else valid_actions[0]
+
+
+def run_episodes(
+    factory: EnvironmentFactory,
+    jobs: list[tuple[TaskSpec, int, list[str], str]],
+    policy: Policy,
+    max_steps: int,
+    batch_size: int = 16,
+    config_hash: str = "",
+    desc: str = "rollout",
+    on_episode: Callable[[Episode], None] | None = None,
+) -> list[Episode]:
+    """Play jobs (task, sample_index, hint_ids, hints_block) in lockstep batches of live episodes."""
+    episodes: list[Episode] = []
+    envs = [factory.make() for _ in range(min(batch_size, len(jobs)))]
+    bar = tqdm(total=len(jobs), desc=desc, unit="ep", leave=False)
+    try:
+        for start in range(0, len(jobs), len(envs) or 1):
+            chunk = jobs[start : start + len(envs)]
+            states = []
+            for env, (task, sample, hint_ids, block) in zip(envs, chunk, strict=False):
+                text, obs = env.reset(task)
+                states.append(EpisodeState(task, text, obs, block, hint_ids, sample))
+            live = list(range(len(states)))
+            for _ in range(max_steps):
+                if not live:
+                    break
+                decisions = policy.act([states[i] for i in live])
+                still = []
+                for i, d in zip(live, decisions, strict=True):
+                    st = states[i]
+                    new = envs[i].step(d.action)
+                    st.steps.append(
+                        Step(
+                            index=len(st.steps),
+                            observation=st.obs.text,
+                            valid_actions=st.obs.valid_actions,
+                            prompt=d.prompt,
+                            response=d.response,
+                            action=d.action,
+                            prompt_tokens=d.prompt_tokens,
+                            completion_tokens=d.completion_tokens,
+                            reward=new.reward,
+                        )
+                    )
+                    st.history.append((d.action, new.text))
+                    st.obs = new
+                    if not new.done:
+                        still.append(i)
+                live = still
+            for st in states:
+                ep = _to_episode(st, policy.name, config_hash)
+                episodes.append(ep)
+                if on_episode:
+                    on_episode(ep)
+                bar.update()
+                bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+    return episodes
+
+
+def _to_episode(st: EpisodeState, policy: str, config_hash: str) -> Episode:
+    outcome = "success" if st.obs.success else ("failure" if st.obs.done else "step limit")
+    eid = content_hash({"task": st.task.task_id, "policy": policy, "sample": st.sample_index,
+                        "hints": st.hint_ids, "actions": [s.action for s in st.steps], "cfg": config_hash})
+    return Episode(
+        episode_id="e-" + eid[:16],
+        env=st.task.env,
+        category=st.task.category,
+        task_id=st.task.task_id,
+        split=st.task.split,
+        seed=st.task.seed,
+        task=st.task_text,
+        steps=st.steps,
+        success=st.obs.success,
+        score=st.obs.score,
+        outcome=outcome,
+        policy=policy,
+        hint_ids=st.hint_ids,
+        sample_index=st.sample_index,
+        config_hash=config_hash,
+        wall_time_s=round(time.perf_counter() - st.started, 3),
+    )
