@@ -172,8 +172,16 @@ def run_episodes(
 
 def _to_episode(st: EpisodeState, policy: str, config_hash: str) -> Episode:
     outcome = "success" if st.obs.success else ("failure" if st.obs.done else "step limit")
-    eid = content_hash({"task": st.task.task_id, "policy": policy, "sample": st.sample_index,
-                        "hints": st.hint_ids, "actions": [s.action for s in st.steps], "cfg": config_hash})
+    eid = content_hash(
+        {
+            "task": st.task.task_id,
+            "policy": policy,
+            "sample": st.sample_index,
+            "hints": st.hint_ids,
+            "actions": [s.action for s in st.steps],
+            "cfg": config_hash,
+        }
+    )
     return Episode(
         episode_id="e-" + eid[:16],
         env=st.task.env,
