@@ -59,3 +59,13 @@ def strip_hints_block(messages: list[Message]) -> list[Message]:
             content = content[:start] + content[end + len(HINTS_CLOSE) :]
         out.append(Message(role=m.role, content=content))
     return out
+
+
+def extract_hints_block(messages: list[Message]) -> str:
+    """The hints block exactly as it appears in a teacher prompt ('' when there is none)."""
+    system = next((m.content for m in messages if m.role == "system"), "")
+    start = system.find(HINTS_OPEN)
+    if start < 0:
+        return ""
+    end = system.find(HINTS_CLOSE, start)
+    return system[start : end + len(HINTS_CLOSE)]

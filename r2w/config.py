@@ -45,6 +45,7 @@ class AgentConfig(Section):
     max_new_tokens: int = Field(12, ge=1)
     history: int = Field(3, ge=0, description="past (action, observation) pairs shown in the prompt")
     batch_size: int = Field(16, ge=1, description="episodes stepped in lockstep per generate call")
+    constrained: bool = Field(True, description="constrain replies to the valid actions (else fuzzy-map free text)")
 
 
 class CollectConfig(Section):
@@ -104,6 +105,9 @@ class DistillConfig(Section):
 class EvaluateConfig(Section):
     test_episodes: int = Field(32, ge=1)
     random_episodes: int = Field(200, ge=1, description="random-valid-action baseline episodes")
+    retention_games: list[str] = Field(default_factory=lambda: ["coin"], description="TWX games never trained on")
+    retention_params: str = ""
+    retention_tasks: int = Field(8, ge=1)
     kl_prompts: str = "configs/retention/general_prompts.txt"
 
 
@@ -112,6 +116,7 @@ class GateConfig(Section):
     min_teacher_fraction: float = Field(0.0, ge=0, description="student rate / teacher rate")
     max_kl: float = Field(0.5, ge=0)
     max_leakage: int = Field(0, ge=0)
+    max_retention_drop: float = Field(0.1, ge=0, description="drop in gold-action mean log-lik (nats/token)")
 
 
 class RegistryConfig(Section):

@@ -42,6 +42,9 @@ class Decision:
     completion_tokens: int = 0
 
 
+HintProvider = Callable[[TaskSpec, str, Observation], tuple[list[str], str]]
+
+
 class Policy(Protocol):
     name: str
 
@@ -110,15 +113,19 @@ def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
 
 def run_episodes(
     factory: EnvironmentFactory,
-    jobs: list[tuple[TaskSpec, int, list[str], str]],
+    jobs: list[tuple[TaskSpec, int]],
     policy: Policy,
     max_steps: int,
     batch_size: int = 16,
     config_hash: str = "",
     desc: str = "rollout",
-    on_episode: Callable[[Episode], None] | None = None,
+    hints_for: HintProvider | None = None,
 ) -> list[Episode]:
-    """Play jobs (task, sample_index, hint_ids, hints_block) in lockstep batches of live episodes."""
+    """Play jobs (task, sample_index) in lockstep batches of live episodes.
+
+    `hints_for` is called once per episode, right after reset (one-shot retrieval at episode
+    start), and returns the hint ids and the block to put in the system prompt.
+    """
     episodes: list[Episode] = []
     envs = [factory.make() for _ in range(min(batch_size, len(jobs)))]
     bar = tqdm(total=len(jobs), desc=desc, unit="ep", leave=False)
@@ -126,8 +133,9 @@ def run_episodes(
         for start in range(0, len(jobs), len(envs) or 1):
             chunk = jobs[start : start + len(envs)]
             states = []
-            for env, (task, sample, hint_ids, block) in zip(envs, chunk, strict=False):
+            for env, (task, sample) in zip(envs, chunk, strict=False):
                 text, obs = env.reset(task)
+                hint_ids, block = hints_for(task, text, obs) if hints_for else ([], "")
                 states.append(EpisodeState(task, text, obs, block, hint_ids, sample))
             live = list(range(len(states)))
             for _ in range(max_steps):
@@ -159,8 +167,6 @@ def run_episodes(
             for st in states:
                 ep = _to_episode(st, policy.name, config_hash)
                 episodes.append(ep)
-                if on_episode:
-                    on_episode(ep)
                 bar.update()
                 bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
     finally:

@@ -1,0 +1,61 @@
+"""Forgetting gates: every check recorded with its value, threshold and verdict.
+
+A student passes only if every check passes; the reasons name each failing check.
+"""
+
+from __future__ import annotations
+
+from r2w.config import GateConfig
+from r2w.contracts import GateCheck, GateReport, PolicyScore
+
+
+def _check(name: str, value: float, threshold: float, comparison: str, detail: str = "") -> GateCheck:
+    passed = value >= threshold if comparison == ">=" else value <= threshold
+    return GateCheck(
+        name=name, value=round(value, 6), threshold=threshold, comparison=comparison, passed=passed, detail=detail
+    )
+
+
+def apply_gates(
+    policy: GateConfig,
+    scores: list[PolicyScore],
+    retention: dict[str, float],
+    leakage: dict[str, int],
+) -> GateReport:
+    by = {s.policy: s for s in scores}
+    base, teacher, student = by["base"], by["teacher"], by["student"]
+    checks = [
+        _check(
+            "gain_over_base",
+            student.rate - base.rate,
+            policy.min_gain_over_base,
+            ">=",
+            f"student {student.rate:.3f} - base {base.rate:.3f} (n={student.n})",
+        ),
+        _check(
+            "fraction_of_teacher",
+            student.rate / teacher.rate if teacher.rate > 0 else 1.0,
+            policy.min_teacher_fraction,
+            ">=",
+            f"student {student.rate:.3f} / teacher {teacher.rate:.3f}",
+        ),
+        _check("kl_to_base", retention.get("kl_base_student", 0.0), policy.max_kl, "<=", "nats/token, general prompts"),
+        _check(
+            "leakage",
+            float(leakage.get("leak_remaining", 0)),
+            float(policy.max_leakage),
+            "<=",
+            "training examples that still carry hint text after filtering",
+        ),
+    ]
+    for key, drop in sorted(retention.items()):
+        if key.startswith("drop:"):
+            checks.append(
+                _check(f"retention_{key[5:]}", drop, policy.max_retention_drop, "<=", "gold-action loglik drop")
+            )
+    reasons = [
+        f"{c.name}: {c.value:g} is not {c.comparison} {c.threshold:g} ({c.detail})" for c in checks if not c.passed
+    ]
+    return GateReport(
+        passed=not reasons, checks=checks, scores=scores, retention=retention, leakage=leakage, reasons=reasons
+    )

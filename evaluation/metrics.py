@@ -1,0 +1,51 @@
+"""Success rates that cannot mislead on their own: always with n and a 95% Wilson interval."""
+
+from __future__ import annotations
+
+import math
+
+from r2w.contracts import Episode, PolicyScore
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval: sane at 0/n and n/n, unlike the normal approximation."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_episodes(policy: str, episodes: list[Episode]) -> PolicyScore:
+    n = len(episodes)
+    wins = sum(e.success for e in episodes)
+    low, high = wilson_interval(wins, n)
+    return PolicyScore(
+        policy=policy,
+        n=n,
+        successes=wins,
+        rate=wins / n if n else 0.0,
+        ci_low=low,
+        ci_high=high,
+        mean_steps=sum(len(e.steps) for e in episodes) / n if n else 0.0,
+        mean_tokens=sum(e.total_tokens for e in episodes) / n if n else 0.0,
+    )
+
+
+def paired_counts(a: list[Episode], b: list[Episode]) -> dict[str, int]:
+    """Per-seed paired outcome table (a vs b on the same task ids): only discordant pairs carry signal."""
+    by_task = {e.task_id: e.success for e in a}
+    table = {"both": 0, "only_a": 0, "only_b": 0, "neither": 0}
+    for e in b:
+        if e.task_id not in by_task:
+            continue
+        sa, sb = by_task[e.task_id], e.success
+        key = "both" if sa and sb else "only_a" if sa else "only_b" if sb else "neither"
+        table[key] += 1
+    return table
+
+
+def format_score(s: PolicyScore) -> str:
+    return f"{s.rate:.0%} ({s.successes}/{s.n}, 95% CI {s.ci_low:.0%}-{s.ci_high:.0%})"

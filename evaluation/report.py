@@ -1,0 +1,62 @@
+"""The readable gate report: a markdown table plus a bar plot, logged to MLflow for review."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from r2w.contracts import GateReport
+
+
+def render_markdown(report: GateReport, lineage: dict[str, str] | None = None, title: str = "r2w gate report") -> str:
+    verdict = "PASSED" if report.passed else "FAILED"
+    lines = [f"# {title}: {verdict}", ""]
+    if report.reasons:
+        lines += ["**Why it failed:**", ""] + [f"- {r}" for r in report.reasons] + [""]
+    lines += [
+        "## Held-out success (hint-free unless noted)",
+        "",
+        "| policy | success | n | 95% CI | mean steps | mean tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in report.scores:
+        lines.append(
+            f"| {s.policy} | {s.rate:.1%} | {s.n} | {s.ci_low:.1%}-{s.ci_high:.1%} "
+            f"| {s.mean_steps:.1f} | {s.mean_tokens:.0f} |"
+        )
+    lines += ["", "## Checks", "", "| check | value | rule | result | detail |", "|---|---|---|---|---|"]
+    for c in report.checks:
+        mark = "pass" if c.passed else "**FAIL**"
+        lines.append(f"| {c.name} | {c.value:.4g} | {c.comparison} {c.threshold:g} | {mark} | {c.detail} |")
+    if report.retention:
+        lines += ["", "## Retention", ""] + [f"- {k}: {v:.4f}" for k, v in sorted(report.retention.items())]
+    if report.leakage:
+        lines += ["", "## Leakage check", ""] + [f"- {k}: {v}" for k, v in sorted(report.leakage.items())]
+    if lineage:
+        lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
+    lines += ["", "_teacher = with retrieved hints; random = uniformly random valid action._"]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(report: GateReport, path: str | Path) -> Path:
+    """Success per policy with 95% intervals, and retention deltas, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = [s.policy for s in report.scores]
+    rates = [s.rate for s in report.scores]
+    err = [[s.rate - s.ci_low for s in report.scores], [s.ci_high - s.rate for s in report.scores]]
+    ax1.bar(names, rates, yerr=err, capsize=4, color=["#999", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
+    ax1.set_ylim(0, 1)
+    ax1.set_ylabel("held-out success (95% CI)")
+    ax1.set_title(f"n = {report.scores[0].n if report.scores else 0} per policy")
+    deltas = {k: v for k, v in report.retention.items() if k.startswith("drop:") or k == "kl_base_student"}
+    ax2.barh(list(deltas), list(deltas.values()), color="#c44e52")
+    ax2.set_title("retention: loglik drop / KL (lower is better)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,115 @@
+"""Stage 5 - evaluate and gate: base, teacher and student on held-out games, then forgetting gates.
+
+Base and student play hint-free, the teacher with its retrieved hints; all three use the same
+seeds, decoding and action mapping, and a random-valid-action policy is scored beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from evaluation.environments import make_environment
+from evaluation.gates import apply_gates
+from evaluation.metrics import paired_counts, score_episodes
+from evaluation.report import render_markdown, render_plot
+from evaluation.retention import (
+    collect_gold_decisions,
+    load_general_prompts,
+    mean_action_loglik,
+    mean_kl,
+)
+from r2w.config import EnvConfig, R2WConfig
+from r2w.contracts import GateReport, PolicyScore
+from r2w.datasets import DatasetRef, save_records
+from r2w.rollout import RandomPolicy, run_episodes
+from tasks.collect import agent_policy
+from tasks.teach import hint_provider
+
+
+class EvaluationResult(BaseModel):
+    scores: list[PolicyScore]
+    retention: dict[str, float]
+    paired_student_vs_base: dict[str, int]
+    episodes: DatasetRef
+
+
+def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve) -> EvaluationResult:
+    factory = make_environment(cfg.env)
+    tasks = factory.tasks("test", cfg.evaluate.test_episodes)
+    jobs = [(t, 0) for t in tasks]
+
+    def play(backend, name: str, with_hints: bool = False):
+        return run_episodes(
+            factory,
+            jobs,
+            agent_policy(cfg, backend, name, temperature=0.0),
+            cfg.env.max_steps,
+            cfg.agent.batch_size,
+            config_hash=cfg.hash,
+            desc=f"evaluate {name}",
+            hints_for=hint_provider(retrieve, cfg.hints.k) if with_hints else None,
+        )
+
+    base_eps = play(base_backend, "base")
+    teacher_eps = play(base_backend, "teacher", with_hints=True)
+    student_eps = play(student_backend, "student")
+    random_tasks = factory.tasks("test", cfg.evaluate.random_episodes)
+    random_eps = run_episodes(
+        factory, [(t, 0) for t in random_tasks], RandomPolicy(cfg.runtime.seed), cfg.env.max_steps, 32, desc="random"
+    )
+    scores = [
+        score_episodes("random", random_eps),
+        score_episodes("base", base_eps),
+        score_episodes("teacher", teacher_eps),
+        score_episodes("student", student_eps),
+    ]
+    retention = measure_retention(cfg, base_backend, student_backend)
+    episodes = base_eps + teacher_eps + student_eps
+    ref = save_records(episodes, Path(cfg.data_path) / "datasets", "eval-episodes", {"config_hash": cfg.hash})
+    return EvaluationResult(
+        scores=scores,
+        retention=retention,
+        paired_student_vs_base=paired_counts(student_eps, base_eps),
+        episodes=ref,
+    )
+
+
+def measure_retention(cfg: R2WConfig, base_backend, student_backend) -> dict[str, float]:
+    """KL to the base on general prompts, and gold-action log-lik on never-trained game types."""
+    tok = base_backend.tokenizer
+    out = {
+        "kl_base_student": mean_kl(
+            base_backend.model, student_backend.model, tok, load_general_prompts(cfg.evaluate.kl_prompts)
+        )
+    }
+    for game in cfg.evaluate.retention_games:
+        factory = make_environment(EnvConfig(name="twx", game=game, params=cfg.evaluate.retention_params))
+        pairs = collect_gold_decisions(factory, cfg.evaluate.retention_tasks, cfg.agent.history)
+        base_ll = mean_action_loglik(base_backend.model, tok, pairs)
+        student_ll = mean_action_loglik(student_backend.model, tok, pairs)
+        out[f"loglik_base:{game}"] = base_ll
+        out[f"loglik_student:{game}"] = student_ll
+        out[f"drop:{game}"] = base_ll - student_ll
+    return out
+
+
+def gate(
+    cfg: R2WConfig, evaluation: EvaluationResult, leakage: dict[str, int], out_dir: Path, lineage: dict[str, str]
+) -> tuple[GateReport, Path]:
+    """Apply the configured gate policy and write the report (markdown, JSON, plot) to out_dir."""
+    report = apply_gates(cfg.gate, evaluation.scores, evaluation.retention, leakage)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gate_report.md").write_text(render_markdown(report, lineage))
+    (out_dir / "gate_report.json").write_text(report.model_dump_json(indent=2))
+    (out_dir / "paired_student_vs_base.json").write_text(json.dumps(evaluation.paired_student_vs_base))
+    render_plot(report, out_dir / "gate_report.png")
+    return report, out_dir
+
+
+evaluate_task = task(name="evaluate", cache_policy=NO_CACHE)(evaluate)
+gate_task = task(name="gate", cache_policy=NO_CACHE)(gate)

@@ -1,0 +1,37 @@
+import pytest
+
+from r2w.config import ConfigError, load_config
+
+
+def test_bundled_configs_validate():
+    demo = load_config("demo")
+    test = load_config("test")
+    assert demo.models.base == "smollm2" and test.models.base == "tiny"
+    assert demo.hash != test.hash
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teach: {samples: 4, sampels: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "bad.yaml" in str(err.value) and "teach.sampels" in str(err.value)
+
+
+def test_wrong_type_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("collect: {episodes: many}\n")
+    with pytest.raises(ConfigError, match=r"collect\.episodes.*'many'"):
+        load_config(bad)
+
+
+def test_overrides_apply_and_validate():
+    cfg = load_config("test", {"teach.samples": 7})
+    assert cfg.teach.samples == 7
+    with pytest.raises(ConfigError, match="teach.samples"):
+        load_config("test", {"teach.samples": 0})
+
+
+def test_missing_config_lists_bundled():
+    with pytest.raises(ConfigError, match="bundled"):
+        load_config("no-such-config")
