@@ -23,7 +23,7 @@ models_app = typer.Typer(help="Provision models offline.", no_args_is_help=True)
 hints_app = typer.Typer(help="Audit and curate the hint memory (Chroma).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(hints_app, name="hints")
-console = Console()
+console = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option("demo", "--config", "-c", help="bundled config name (demo, test) or a YAML path")
 SetOpt = typer.Option(None, "--set", help="override a config field, e.g. --set teach.samples=8 (repeatable)")

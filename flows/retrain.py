@@ -47,7 +47,7 @@ class RunSummary(BaseModel):
     report_path: str | None = None
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(config: str = "demo", overrides: dict[str, Any] | None = None) -> RunSummary:
     """Collect -> extract hints -> teach -> distill -> evaluate/gate -> register."""
     from evaluation.metrics import format_score

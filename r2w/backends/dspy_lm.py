@@ -1,0 +1,115 @@
+"""DSPy language models for the hint extractor: an OpenAI-compatible server, or our own backend.
+
+The in-process path implements DSPy 3.4's engine contract (`complete(Request) -> Response`),
+so DSPy keeps owning caching, retries, history and adapters while generation runs through the
+same `GenerationBackend` the rollouts use (no second copy of the model in memory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from r2w.backends.base import GenerationBackend, SamplingParams
+from r2w.config import ExtractorConfig
+from r2w.contracts import Message
+
+if TYPE_CHECKING:  # dspy reads its cache settings at import: import it only after configure_environment
+    import dspy
+    from dspy.lm15 import Request, Response
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
+
+
+class BackendEngine:
+    """A DSPy engine that answers each request with one `GenerationBackend.generate` call."""
+
+    def __init__(self, backend: GenerationBackend, default_max_tokens: int = 160) -> None:
+        self.backend = backend
+        self.default_max_tokens = default_max_tokens
+
+    def complete(self, request: Request) -> Response:
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import Message as LMMessage
+        from dspy.lm15 import Response, TextPart, Usage
+
+        validate_request(request)
+        cfg = request.config
+        max_tokens = cfg.max_tokens or self.default_max_tokens
+        params = SamplingParams(
+            n=1,
+            temperature=cfg.temperature or 0.0,
+            top_p=cfg.top_p if cfg.top_p is not None else 1.0,
+            max_tokens=max_tokens,
+            seed=cfg.seed or 0,
+            stop=tuple(cfg.stop),
+        )
+        completion = self.backend.generate([request_messages(request)], params)[0]
+        text, stopped = _apply_stop(completion.texts[0], cfg.stop)
+        n_out = completion.completion_tokens[0] if completion.completion_tokens else 0
+        finish = "stop" if stopped or n_out < max_tokens else "length"
+        return Response(
+            id=None,
+            model=request.model,
+            message=LMMessage.assistant([TextPart(text)]),
+            finish_reason=finish,
+            usage=Usage(input_tokens=completion.prompt_tokens, output_tokens=n_out),
+        )
+
+    def stream(self, request: Request):
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """The backend is borrowed: its owner closes it."""
+
+
+def request_messages(request: Request) -> list[Message]:
+    """Flatten a DSPy request into our chat messages (system first, text parts only)."""
+    from dspy.lm15 import TextPart
+
+    out: list[Message] = []
+    if request.system is not None:
+        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+        out.append(Message(role="system", content=system))
+    for m in request.messages:
+        text = "\n".join(p.text for p in m.parts if isinstance(p, TextPart))
+        out.append(Message(role=_ROLES.get(m.role, "user"), content=text))
+    return out
+
+
+def _apply_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Transformers' generate ignores stop strings here; cut at the first one afterwards."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def make_extractor_lm(
+    cfg: ExtractorConfig,
+    backend: GenerationBackend | None,
+    model_name: str,
+    cache_dir: str | Path | None = None,
+) -> dspy.LM:
+    """The extractor's LM: 'openai' talks to cfg.url, 'local' wraps `backend` in-process (greedy).
+
+    `model_name` is part of DSPy's cache key: make it identify the weights (e.g. name + adapter
+    hash), or a cached answer from other weights is reused. The disk cache goes to `cache_dir`,
+    else to $DSPY_CACHEDIR (set under the data dir by `configure_environment`).
+    """
+    import dspy
+
+    cache_dir = cache_dir or os.environ.get("DSPY_CACHEDIR")
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        dspy.configure_cache(enable_disk_cache=True, disk_cache_dir=str(cache_dir))
+    if cfg.lm == "openai":
+        if not cfg.url:
+            raise ValueError("hints.extractor.url is required when hints.extractor.lm is 'openai'")
+        model = cfg.model or model_name
+        return dspy.LM(f"openai/{model}", api_base=cfg.url, api_key="x", max_tokens=cfg.max_tokens, temperature=0.0)
+    if backend is None:
+        raise ValueError("hints.extractor.lm is 'local' but no generation backend was given")
+    engine = BackendEngine(backend, default_max_tokens=cfg.max_tokens)
+    return dspy.LM(f"local/{model_name}", engine=engine, max_tokens=cfg.max_tokens, temperature=0.0)

@@ -1,0 +1,82 @@
+"""Stage: failed episodes -> extracted hints -> the hint store (plus human-curated packs).
+
+`extract_and_store` is a plain function (tests call it); `hints_task` is its thin Prefect wrapper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from r2w.config import CONFIG_DIR, HintsConfig
+from r2w.contracts import Episode
+from r2w.hintstore import HintStore
+
+PROJECT_ROOT = CONFIG_DIR.parent
+
+
+class HintsResult(BaseModel):
+    extracted: int = 0  # valid hints the extractor produced (before dedup)
+    rejected: dict[str, int] = Field(default_factory=dict)  # reason -> count
+    added: int = 0
+    merged: int = 0
+    curated_imported: int = 0  # curated records read from the packs (new or already stored)
+    active_hints: int = 0
+    snapshot_id: str = "empty"
+
+
+def extract_and_store(
+    failures: list[Episode],
+    hints_cfg: HintsConfig,
+    store: HintStore,
+    lm,
+    extractor_id: str,
+    run_id: str,
+    gold_actions: dict[str, list[str]] | None = None,
+) -> HintsResult:
+    """Import curated packs, then extract from at most `max_failures` failures and upsert the hints."""
+    from prompts.hints import extract_hints  # imports dspy: after configure_environment
+
+    curated = 0
+    for pack in hints_cfg.curated_packs:
+        curated += store.import_jsonl(resolve_pack(pack), source_label="curated")["lines"]
+    chosen = select_failures(failures, hints_cfg.max_failures)
+    hints, rejected = (
+        extract_hints(chosen, lm, hints_cfg.max_chars, extractor_id, run_id, gold_actions) if chosen else ([], {})
+    )
+    counts = store.upsert(hints, run_id)
+    return HintsResult(
+        extracted=len(hints),
+        rejected=rejected,
+        added=counts["added"],
+        merged=counts["merged"],
+        curated_imported=curated,
+        active_hints=len(store.list(status="active")),
+        snapshot_id=store.snapshot_id(),
+    )
+
+
+def select_failures(episodes: list[Episode], limit: int) -> list[Episode]:
+    """Failed episodes, one per task first (more varied lessons), then the rest, in input order."""
+    failed = [e for e in episodes if not e.success]
+    seen: set[str] = set()
+    first = [e for e in failed if not (e.task_id in seen or seen.add(e.task_id))]
+    rest = [e for e in failed if e not in first]
+    return (first + rest)[:limit]
+
+
+def resolve_pack(pack: str | Path) -> Path:
+    """A pack path as given, else relative to the project root (configs/hints/...)."""
+    path = Path(pack).expanduser()
+    if path.is_file():
+        return path
+    bundled = PROJECT_ROOT / path
+    if bundled.is_file():
+        return bundled
+    raise FileNotFoundError(f"hints.curated_packs: {pack} not found (also tried {bundled})")
+
+
+hints_task = task(name="extract-hints", cache_policy=NO_CACHE)(extract_and_store)

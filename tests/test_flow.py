@@ -1,0 +1,82 @@
+"""The whole retrain flow through Prefect on the tiny model: real Chroma, TRL, MLflow registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from r2w.config import load_config
+from r2w.contracts import Episode
+from r2w.datasets import load_records
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("flow")
+
+
+@pytest.fixture(scope="module")
+def passing_run(data_dir):
+    from flows.retrain import retrain
+
+    return retrain(config="test", overrides={"data_dir": str(data_dir)})
+
+
+def _client(data_dir):
+    from r2w.tracking import client_for
+
+    cfg = load_config("test", {"data_dir": str(data_dir)})
+    return cfg, client_for(cfg)
+
+
+def test_passing_student_is_registered_as_challenger_with_lineage(passing_run, data_dir):
+    summary = passing_run
+    assert summary.episodes == 4 and summary.failures >= 1
+    assert summary.trajectories_kept >= 1 and summary.training_examples >= 1
+    assert summary.gate_passed, summary.reasons
+    assert summary.registered_version == "1"
+    cfg, client = _client(data_dir)
+    version = client.get_model_version_by_alias(cfg.registry.model_name, "challenger")
+    assert str(version.version) == "1"
+    tags = version.tags
+    for key in ("failures_dataset", "hint_snapshot", "training_dataset", "trajectories_dataset", "config_hash"):
+        assert tags.get(f"r2w.{key}"), key
+    assert tags["r2w.gate"] == "passed" and "r2w.check.kl_to_base" in tags
+    assert "gate report: PASSED" in version.description
+    # lineage leads back to the stored failures
+    failures_dir = data_dir / "datasets" / "failures" / tags["r2w.failures_dataset"][:16]
+    assert len(load_records(failures_dir, Episode)) == summary.failures
+    # nothing is promoted automatically
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(cfg.registry.model_name, "champion")
+
+
+def test_impossible_gate_registers_nothing(passing_run, data_dir):
+    from flows.retrain import retrain
+
+    summary = retrain(
+        config="test",
+        overrides={"data_dir": str(data_dir), "gate": {"max_kl": 0.0, "min_gain_over_base": 1.0}},
+    )
+    assert not summary.gate_passed and summary.registered_version is None
+    assert any(r.startswith("kl_to_base") for r in summary.reasons)
+    cfg, client = _client(data_dir)
+    versions = client.search_model_versions(f"name='{cfg.registry.model_name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    run = client.get_run(summary.mlflow_run_id)
+    assert run.data.tags["r2w.gate"] == "failed" and "kl_to_base" in run.data.tags["r2w.gate_reasons"]
+    artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "gate")}
+    assert "gate/gate_report.md" in artifacts
+
+
+def test_promote_and_rollback_need_a_person(passing_run, data_dir):
+    from tasks.register import promote_version, rollback_champion
+
+    cfg, client = _client(data_dir)
+    with pytest.raises(ValueError, match="--by and --reason"):
+        promote_version(cfg, "1", by="", reason="")
+    assert promote_version(cfg, "1", by="alice", reason="reviewed gate report") is None
+    assert str(client.get_model_version_by_alias(cfg.registry.model_name, "champion").version) == "1"
+    with pytest.raises(ValueError, match="no earlier champion"):
+        rollback_champion(cfg, by="alice", reason="oops")
