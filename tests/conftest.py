@@ -41,3 +41,12 @@ def tiny_backend(tiny_model: Path):
     from r2w.backends.hf import TransformersBackend
 
     return TransformersBackend(tiny_model, dtype="float32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_backend():
+    """A temporary Prefect API for the session, stopped while pytest still owns the console."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
