@@ -24,6 +24,7 @@ def apply_gates(
 ) -> GateReport:
     by = {s.policy: s for s in scores}
     base, teacher, student = by["base"], by["teacher"], by["student"]
+    random = by.get("random")
     checks = [
         _check(
             "gain_over_base",
@@ -31,6 +32,14 @@ def apply_gates(
             policy.min_gain_over_base,
             ">=",
             f"student {student.rate:.3f} - base {base.rate:.3f} (n={student.n})",
+        ),
+        _check(
+            "gain_over_random",
+            student.rate - random.rate if random else 0.0,
+            policy.min_gain_over_random,
+            ">=",
+            f"student {student.rate:.3f} - random valid action {random.rate if random else float('nan'):.3f}"
+            + (" (check off: threshold -1)" if policy.min_gain_over_random <= -1 else ""),
         ),
         _check(
             "fraction_of_teacher",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -23,6 +24,8 @@ models_app = typer.Typer(help="Provision models offline.", no_args_is_help=True)
 hints_app = typer.Typer(help="Audit and curate the hint memory (Chroma).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(hints_app, name="hints")
+collect_app = typer.Typer(help="Import failed episodes from where agents already log them.", no_args_is_help=True)
+app.add_typer(collect_app, name="collect")
 console = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option("demo", "--config", "-c", help="bundled config name (demo, test) or a YAML path")
@@ -71,16 +74,28 @@ def run(
     config: str = ConfigOpt,
     set_: list[str] = SetOpt,
     fail_on_gate: bool = typer.Option(False, help="exit 3 when the student fails its gates"),
+    stack: bool = typer.Option(False, "--stack", help="run against the servers of `r2w stack up`"),
 ) -> None:
     """Run the retrain flow once (ephemeral Prefect unless PREFECT_API_URL is set) and print a summary."""
     try:
         cfg = _load(config, set_)
     except ConfigError as exc:
         _fail(str(exc))
+    overrides = {**_parse_sets(set_), "data_dir": str(cfg.data_path)}
+    if stack:
+        import os
+
+        from flows.stack import stack_overrides
+
+        try:
+            env, stack_cfg = stack_overrides(cfg.data_path)
+        except RuntimeError as exc:
+            _fail(str(exc))
+        os.environ.update(env)  # before prefect is imported
+        overrides = {**stack_cfg, **overrides}
     from flows.retrain import retrain
     from r2w.models import ModelNotFoundError
 
-    overrides = {**_parse_sets(set_), "data_dir": str(cfg.data_path)}
     try:
         summary = retrain(config=config, overrides=overrides)
     except (ModelNotFoundError, ConfigError) as exc:
@@ -115,9 +130,11 @@ def print_summary(summary) -> None:
 
 
 @app.command()
-def status(config: str = ConfigOpt, limit: int = typer.Option(5, help="how many recent runs")) -> None:
+def status(
+    config: str = ConfigOpt, set_: list[str] = SetOpt, limit: int = typer.Option(5, help="how many recent runs")
+) -> None:
     """Last runs and registered versions (with aliases)."""
-    cfg = _load(config)
+    cfg = _load(config, set_)
     from r2w.tracking import client_for
 
     client = client_for(cfg)
@@ -133,7 +150,7 @@ def status(config: str = ConfigOpt, limit: int = typer.Option(5, help="how many 
     for r in runs:
         table.add_row(
             r.info.run_id[:12],
-            str(r.info.start_time),
+            datetime.fromtimestamp(r.info.start_time / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
             r.data.tags.get("r2w.gate", "-"),
             f"{r.data.metrics.get('eval.student.success', float('nan')):.2f}",
             r.data.tags.get("r2w.registered_version", "-"),
@@ -145,7 +162,8 @@ def status(config: str = ConfigOpt, limit: int = typer.Option(5, help="how many 
         vt.add_column(col)
     aliases = _aliases(client, cfg.registry.model_name)
     for v in sorted(versions, key=lambda v: int(v.version)):
-        vt.add_row(v.version, ",".join(aliases.get(v.version, [])), (v.run_id or "")[:12], v.tags.get("r2w.gate", "-"))
+        version = str(v.version)
+        vt.add_row(version, ",".join(aliases.get(version, [])), (v.run_id or "")[:12], v.tags.get("r2w.gate", "-"))
     console.print(vt)
 
 
@@ -160,6 +178,26 @@ def _aliases(client, name: str) -> dict[str, list[str]]:
     for alias, version in (model.aliases or {}).items():
         out.setdefault(str(version), []).append(alias)
     return out
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    version: str = typer.Argument(..., help="registered version to re-gate"),
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Re-gate a registered version against the current suites and gate policy (moves no alias)."""
+    try:
+        cfg = _load(config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from flows.evaluate import evaluate_version
+
+    result = evaluate_version(version, config=config, overrides={**_parse_sets(set_), "data_dir": str(cfg.data_path)})
+    verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
+    console.print(f"version {version}: {verdict}  report: {result.report_path}")
+    for reason in result.reasons:
+        console.print(f"  - {reason}")
 
 
 @app.command()
@@ -189,6 +227,72 @@ def rollback(
 
     version = rollback_champion(cfg, by, reason)
     console.print(f"champion -> version {version}, by {by}: {reason}")
+
+
+@app.command("deploy")
+def deploy_cmd(spec: Path = typer.Option(None, help="deployment spec (default infra/prefect.yaml)")) -> None:
+    """Register the scheduled/on-demand deployments with the Prefect API in PREFECT_API_URL."""
+    configure_environment(".r2w")
+    from flows.deploy import DEFAULT_SPEC, deploy
+
+    for name in deploy(spec or DEFAULT_SPEC):
+        console.print(f"registered deployment [bold]{name}[/]")
+
+
+@app.command("serve")
+def serve_cmd(spec: Path = typer.Option(None, help="deployment spec (default infra/prefect.yaml)")) -> None:
+    """Register the deployments and run them from this process until interrupted."""
+    configure_environment(".r2w")
+    from flows.deploy import DEFAULT_SPEC, serve
+
+    serve(spec or DEFAULT_SPEC)
+
+
+stack_app = typer.Typer(help="Start/stop the full local stack (Prefect, MLflow, Chroma, vLLM) on loopback.")
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up(
+    config: str = ConfigOpt,
+    vllm: bool = typer.Option(False, "--vllm", help="also serve the teacher model with vLLM"),
+) -> None:
+    """Start the servers, wait until healthy, record pids/ports in <data_dir>/stack/stack.json."""
+    cfg = _load(config)
+    from flows.stack import up
+
+    model = None
+    if vllm:
+        from r2w.models import resolve_model
+
+        model = resolve_model(cfg.models.teacher or cfg.models.base, cfg.data_path)
+    state = up(cfg.data_path, vllm_model=model)
+    for s in state["services"]:
+        console.print(f"{s['name']:15} pid {s['pid']:>7}  {s['url'] if s['port'] else ''}  log {s['log']}")
+    console.print(f"now: r2w run --config {config} --stack")
+
+
+@stack_app.command("status")
+def stack_status(config: str = ConfigOpt) -> None:
+    """Show each server's pid, URL and health."""
+    cfg = _load(config)
+    from flows.stack import status as stack_state
+
+    services = stack_state(cfg.data_path)["services"]
+    if not services:
+        console.print("no stack running")
+    for s in services:
+        health = "healthy" if s["healthy"] else ("running" if s["alive"] else "stopped")
+        console.print(f"{s['name']:15} pid {s['pid']:>7}  {health:8} {s['url'] if s['port'] else ''}")
+
+
+@stack_app.command("down")
+def stack_down(config: str = ConfigOpt) -> None:
+    """Stop every server of the stack."""
+    cfg = _load(config)
+    from flows.stack import down
+
+    console.print(f"stopped: {', '.join(down(cfg.data_path)) or 'nothing'}")
 
 
 def _store(config: str):
@@ -265,6 +369,69 @@ def hints_import(
     except ValueError as exc:
         _fail(str(exc))
     console.print(f"imported from {path}: {result}")
+
+
+SinceOpt = typer.Option(None, "--since", help="ISO 8601 start (inclusive, naive = UTC), e.g. 2026-11-01")
+UntilOpt = typer.Option(None, "--until", help="ISO 8601 end (exclusive)")
+
+
+@collect_app.command("import")
+def collect_import(
+    paths: list[Path] = typer.Argument(..., help="JSONL or Parquet trace files (one Episode per record)"),
+    since: str | None = SinceOpt,
+    until: str | None = UntilOpt,
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="import the valid records of a file with errors"),
+    config: str = ConfigOpt,
+) -> None:
+    """Import failures from trace files; any invalid record means nothing is written (unless --skip-invalid)."""
+    cfg = _load(config)
+    from r2w.traces import ImportStats, TraceImportError, import_trace_file, parse_when
+
+    try:
+        parse_when(since, "--since"), parse_when(until, "--until")
+    except ValueError as exc:
+        _fail(str(exc))
+    stats, episodes, errors = ImportStats(), [], []
+    for path in paths:
+        got, errs = import_trace_file(path, since, until, skip_invalid=skip_invalid, stats=stats)
+        episodes += got
+        errors += errs
+    if errors and not skip_invalid:
+        _fail(str(TraceImportError(errors)))
+    for err in errors[:20]:
+        console.print(f"[yellow]skipped[/] {err}")
+    _report_import(cfg, episodes, stats, since, until, "collect-import")
+
+
+@collect_app.command("mlflow")
+def collect_mlflow(
+    experiment: str = typer.Option(..., "--experiment", help="MLflow experiment holding the agent's traces"),
+    since: str | None = SinceOpt,
+    until: str | None = UntilOpt,
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="where the traces are (default: r2w's)"),
+    config: str = ConfigOpt,
+) -> None:
+    """Import traces with status ERROR or a failing feedback assessment, within the time window."""
+    cfg = _load(config)
+    from r2w.traces import ImportStats, import_mlflow_traces
+
+    stats = ImportStats()
+    try:
+        episodes = import_mlflow_traces(tracking_uri or cfg.tracking_uri, experiment, since, until, stats=stats)
+    except ValueError as exc:
+        _fail(str(exc))
+    _report_import(cfg, episodes, stats, since, until, "collect-mlflow")
+
+
+def _report_import(cfg: R2WConfig, episodes, stats, since, until, run_name: str) -> None:
+    from r2w.traces import save_imported
+
+    ref, run_id = save_imported(cfg, episodes, stats, since, until, run_name=run_name)
+    console.print(
+        f"read {stats.records} records: {stats.failures} failures imported, {stats.skipped_success} successes and "
+        f"{stats.skipped_window} outside the window skipped, {stats.invalid} invalid"
+    )
+    console.print(f"failures dataset {ref.short} ({ref.rows} rows) at {ref.path}; MLflow run {run_id}")
 
 
 def main() -> None:

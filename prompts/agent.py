@@ -15,6 +15,9 @@ SYSTEM = (
     "You are an agent playing a text game. Read the task and the observation, "
     "then reply with exactly one action copied from the list of valid actions."
 )
+# Free-text variant for tasks with no valid actions (reasoning_gym): one question, one answer.
+SYSTEM_ANSWER = "You solve problems. Reply with only the final answer, nothing else."
+BASE_SYSTEMS = (SYSTEM, SYSTEM_ANSWER)
 HINTS_OPEN = "\n\n### Hints from past attempts\n"
 HINTS_CLOSE = "\n### End of hints"
 
@@ -34,8 +37,20 @@ def build_messages(
     history: list[tuple[str, str]],
     hints_block: str = "",
 ) -> list[Message]:
-    """Chat messages for one decision; `history` is [(action, observation), ...], most recent last."""
+    """Chat messages for one decision; `history` is [(action, observation), ...], most recent last.
+
+    With no valid actions the reply is a free-text answer: the question is shown once (task and
+    observation are the same text for single-step tasks) under the answer-only system prompt.
+    """
     past = "\n".join(f"> {action}\n{obs}" for action, obs in history)
+    if not valid_actions:
+        user = (
+            f"Question: {task}\n"
+            + (f"Recent steps:\n{past}\n" if past else "")
+            + (f"Observation: {observation}\n" if observation.strip() != task.strip() else "")
+            + "Answer:"
+        )
+        return [Message(role="system", content=SYSTEM_ANSWER + hints_block), Message(role="user", content=user)]
     user = (
         f"Task: {task}\n"
         + (f"Recent steps:\n{past}\n" if past else "")

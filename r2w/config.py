@@ -35,14 +35,31 @@ class ModelsConfig(Section):
 
 
 class EnvConfig(Section):
-    name: Literal["twx"] = "twx"
-    game: str = "twc"
-    params: str = "numLocations=1,numItemsToPutAway=1,includeDoors=0,limitInventorySize=0"
+    name: Literal["twx", "reasoning_gym"] = "twx"
+    game: str = Field("twc", description="twx: one of its 8 game types")
+    params: str | None = Field(
+        None, description="twx game parameters ('' = TWX's own); null = small per-game defaults (environments/twx.py)"
+    )
     max_steps: int = Field(15, ge=1)
+    families: list[str] = Field(
+        default_factory=lambda: ["basic_arithmetic"], description="reasoning_gym: task families (dataset names)"
+    )
+    family_kwargs: dict[str, dict] = Field(
+        default_factory=dict, description="reasoning_gym: per-family dataset config, e.g. {leg_counting: {...}}"
+    )
+    success_threshold: float = Field(1.0, gt=0, le=1, description="reasoning_gym: score_answer >= this is success")
+
+    @model_validator(mode="after")
+    def _families(self) -> EnvConfig:
+        stray = sorted(set(self.family_kwargs) - set(self.families))
+        if stray:
+            raise ValueError(f"env.family_kwargs: {stray} not in env.families {self.families}")
+        return self
 
 
 class AgentConfig(Section):
     max_new_tokens: int = Field(12, ge=1)
+    answer_max_new_tokens: int = Field(48, ge=1, description="free-text answers (no valid actions: reasoning_gym)")
     history: int = Field(3, ge=0, description="past (action, observation) pairs shown in the prompt")
     batch_size: int = Field(16, ge=1, description="episodes stepped in lockstep per generate call")
     constrained: bool = Field(True, description="constrain replies to the valid actions (else fuzzy-map free text)")
@@ -88,8 +105,26 @@ class LoraConfig(Section):
     )
 
 
+class DPOSettings(Section):
+    beta: float = Field(0.1, gt=0, description="DPO beta: higher keeps the student closer to its reference")
+
+
+class OnPolicySettings(Section):
+    samples: int = Field(2, ge=1, description="student samples per prompt; must divide batch_size * grad_accum")
+    max_new_tokens: int = Field(12, ge=1, description="length of each sampled completion")
+    temperature: float = Field(1.0, gt=0)
+
+
 class DistillConfig(Section):
-    method: Literal["sft"] = "sft"
+    method: Literal["sft", "dpo", "onpolicy"] = Field(
+        "sft", description="sft: teacher actions; dpo: teacher (chosen) vs base (rejected); onpolicy: hinted self"
+    )
+    init_from: Literal["base", "champion"] = Field(
+        "base", description="champion: train on top of the registry's `champion` version (continual rounds)"
+    )
+    dpo: DPOSettings = DPOSettings()
+    onpolicy: OnPolicySettings = OnPolicySettings()
+    save_steps: int | None = Field(None, ge=1, description="checkpoint interval; null = about 4 per run")
     lora: LoraConfig = LoraConfig()
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
@@ -97,9 +132,19 @@ class DistillConfig(Section):
     grad_accum: int = Field(1, ge=1)
     max_examples_per_task: int = Field(40, ge=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
-    bf16: bool = True
-    gradient_checkpointing: bool = False
+    bf16: bool = Field(True, description="bf16 autocast (float32 master weights); TRL 1.16 would default it on")
+    gradient_checkpointing: bool = Field(False, description="off on CPU: recomputation costs time, memory is ample")
     leakage_fuzzy_ratio: float = Field(85.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _onpolicy_batch(self) -> DistillConfig:
+        batch = self.batch_size * self.grad_accum
+        if self.method == "onpolicy" and batch % self.onpolicy.samples:
+            raise ValueError(
+                f"distill.onpolicy.samples ({self.onpolicy.samples}) must divide "
+                f"distill.batch_size * distill.grad_accum ({batch})"
+            )
+        return self
 
 
 class EvaluateConfig(Section):
@@ -113,10 +158,20 @@ class EvaluateConfig(Section):
 
 class GateConfig(Section):
     min_gain_over_base: float = Field(0.0, ge=-1, le=1)
+    min_gain_over_random: float = Field(
+        -1.0, ge=-1, le=1, description="student - random-valid-action success; -1 records it without gating"
+    )
     min_teacher_fraction: float = Field(0.0, ge=0, description="student rate / teacher rate")
     max_kl: float = Field(0.5, ge=0)
     max_leakage: int = Field(0, ge=0)
     max_retention_drop: float = Field(0.1, ge=0, description="drop in gold-action mean log-lik (nats/token)")
+
+
+class CadenceConfig(Section):
+    """Retrain only when enough is new since the last registered version (0 = always retrain)."""
+
+    min_new_failures: int = Field(0, ge=0)
+    min_new_hints: int = Field(0, ge=0)
 
 
 class RegistryConfig(Section):
@@ -139,6 +194,7 @@ class R2WConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    cadence: CadenceConfig = CadenceConfig()
 
     @model_validator(mode="after")
     def _resolve(self) -> R2WConfig:
@@ -203,4 +259,8 @@ def _set_dotted(raw: dict, dotted: str, value: object) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
-    node[leaf] = value
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        for key, sub in value.items():  # deep-merge: {"gate": {"max_kl": 0}} keeps the other gates
+            _set_dotted(node, f"{leaf}.{key}", sub)
+    else:
+        node[leaf] = value

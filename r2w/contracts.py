@@ -61,7 +61,8 @@ class Episode(Record):
     success: bool = False
     score: float = 0.0
     outcome: str = ""
-    policy: str = ""  # model / adapter identity that produced it
+    policy: str = ""  # role that produced it: base | teacher | student | random | an importer's label
+    model: str = ""  # which weights: backend identity (model path, adapter, dtype, seed); '' when unknown
     hint_ids: list[str] = Field(default_factory=list)
     sample_index: int = 0
     config_hash: str = ""
@@ -127,6 +128,8 @@ class DistillExample(Record):
     prompt: list[Message]
     completion: str
     rejected: str | None = None  # the base agent's action in the same state (DPO)
+    # On-policy only: the hints block the teacher (the same model) scores with. Never part of the student's prompt.
+    teacher_context: str = ""
     trajectory_id: str
     split: Literal["train", "validation"] = "train"
 

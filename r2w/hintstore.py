@@ -149,6 +149,8 @@ class HintStore:
             embedding_function=embedding_function(),
             configuration={"hnsw": {"space": "cosine"}},
         )
+        where = cfg.chroma_url or str(Path(data_dir).resolve() / "chroma")
+        self.identity = f"chroma:{where}:{cfg.collection}"  # enters Prefect cache keys
 
     # ----- reading -------------------------------------------------------------------------
 

@@ -116,8 +116,12 @@ def _gguf_to_hf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def build_tiny_model(target: str | Path, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer Llama with a small in-process BPE tokenizer (tests only)."""
+def build_tiny_model(target: str | Path, seed: int = 0, head_dim: int | None = None) -> Path:
+    """A randomly initialised 2-layer Llama with a small in-process BPE tokenizer (tests only).
+
+    `head_dim=32` gives a variant vLLM's CPU attention accepts (it supports head sizes >= 32; the
+    default 64/4 = 16 is rejected).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -148,6 +152,7 @@ def build_tiny_model(target: str | Path, seed: int = 0) -> Path:
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         tie_word_embeddings=True,
+        **({"head_dim": head_dim} if head_dim else {}),
     )
     model = LlamaForCausalLM(config)
     with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:

@@ -6,6 +6,7 @@ padded transformers generate) pay off. Policies see only prompts and valid actio
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -52,7 +53,11 @@ class Policy(Protocol):
 
 
 class LLMPolicy:
-    """Prompt the model with task, recent history and valid actions; constrain or map its reply."""
+    """Prompt the model with task, recent history and valid actions; constrain or map its reply.
+
+    States without valid actions (single-step reasoning tasks) get a free-text answer instead:
+    no constraint, no mapping, up to `answer_max_tokens` new tokens.
+    """
 
     def __init__(
         self,
@@ -61,9 +66,13 @@ class LLMPolicy:
         params: SamplingParams,
         history: int = 3,
         constrained: bool = True,
+        answer_max_tokens: int | None = None,
     ) -> None:
         self.backend, self.name, self.params = backend, name, params
         self.history, self.constrained = history, constrained
+        self.answer_params = dataclasses.replace(params, max_tokens=answer_max_tokens or params.max_tokens)
+        # Which weights produced an episode: the backend's identity (model path, adapter, dtype, seed).
+        self.model_id = str(getattr(backend, "identity", getattr(backend, "name", "")))
 
     def prompt_for(self, state: EpisodeState) -> list[Message]:
         recent = state.history[-self.history :] if self.history else []
@@ -71,30 +80,42 @@ class LLMPolicy:
 
     def act(self, states: list[EpisodeState]) -> list[Decision]:
         prompts = [self.prompt_for(s) for s in states]
-        choices = [s.obs.valid_actions for s in states] if self.constrained else None
-        completions = self.backend.generate(prompts, self.params, choices=choices)
-        return [
-            Decision(
-                action=map_to_valid_action(c.texts[0], s.obs.valid_actions),
-                response=c.texts[0],
-                prompt=p,
-                prompt_tokens=c.prompt_tokens,
-                completion_tokens=c.completion_tokens[0] if c.completion_tokens else 0,
-            )
-            for s, p, c in zip(states, prompts, completions, strict=True)
-        ]
+        decisions: list[Decision | None] = [None] * len(states)
+        acting = [i for i, s in enumerate(states) if s.obs.valid_actions]
+        answering = [i for i, s in enumerate(states) if not s.obs.valid_actions]
+        for group, params in ((acting, self.params), (answering, self.answer_params)):
+            if not group:
+                continue
+            free = group is answering
+            choices = [states[i].obs.valid_actions for i in group] if self.constrained and not free else None
+            completions = self.backend.generate([prompts[i] for i in group], params, choices=choices)
+            for i, c in zip(group, completions, strict=True):
+                text = c.texts[0]
+                decisions[i] = Decision(
+                    action=text.strip() if free else map_to_valid_action(text, states[i].obs.valid_actions),
+                    response=text,
+                    prompt=prompts[i],
+                    prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens[0] if c.completion_tokens else 0,
+                )
+        return decisions  # type: ignore[return-value]
 
 
 class RandomPolicy:
-    """Uniformly random valid action: the baseline every success rate is reported beside."""
+    """Uniformly random valid action: the baseline every success rate is reported beside.
+
+    Free-text tasks have no action set to sample from: it answers the empty string (chance ~ 0).
+    """
 
     name = "random"
+    model_id = "random"
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
 
     def act(self, states: list[EpisodeState]) -> list[Decision]:
-        return [Decision(action=(a := self.rng.choice(s.obs.valid_actions)), response=a, prompt=[]) for s in states]
+        actions = [self.rng.choice(s.obs.valid_actions) if s.obs.valid_actions else "" for s in states]
+        return [Decision(action=a, response=a, prompt=[]) for a in actions]
 
 
 def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
@@ -102,6 +123,8 @@ def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
     from rapidfuzz import fuzz, process
 
     cleaned = text.strip().splitlines()[0].strip().strip(".").lower() if text.strip() else ""
+    if not valid_actions:
+        return text.strip()
     if cleaned in valid_actions:
         return cleaned
     for action in valid_actions:
@@ -165,7 +188,7 @@ def run_episodes(
                         still.append(i)
                 live = still
             for st in states:
-                ep = _to_episode(st, policy.name, config_hash)
+                ep = _to_episode(st, policy.name, config_hash, getattr(policy, "model_id", policy.name))
                 episodes.append(ep)
                 bar.update()
                 bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
@@ -176,7 +199,7 @@ def run_episodes(
     return episodes
 
 
-def _to_episode(st: EpisodeState, policy: str, config_hash: str) -> Episode:
+def _to_episode(st: EpisodeState, policy: str, config_hash: str, model: str = "") -> Episode:
     outcome = "success" if st.obs.success else ("failure" if st.obs.done else "step limit")
     eid = content_hash(
         {
@@ -201,6 +224,7 @@ def _to_episode(st: EpisodeState, policy: str, config_hash: str) -> Episode:
         score=st.obs.score,
         outcome=outcome,
         policy=policy,
+        model=model,
         hint_ids=st.hint_ids,
         sample_index=st.sample_index,
         config_hash=config_hash,

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from evaluation.environments import make_environment
 from r2w.backends import GenerationBackend, SamplingParams
+from r2w.caching import stage_cache
 from r2w.config import R2WConfig
 from r2w.datasets import DatasetRef, save_records
 from r2w.rollout import LLMPolicy, run_episodes
@@ -35,7 +35,14 @@ def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperat
         max_tokens=cfg.agent.max_new_tokens,
         seed=cfg.runtime.seed,
     )
-    return LLMPolicy(backend, name, params, history=cfg.agent.history, constrained=cfg.agent.constrained)
+    return LLMPolicy(
+        backend,
+        name,
+        params,
+        history=cfg.agent.history,
+        constrained=cfg.agent.constrained,
+        answer_max_tokens=cfg.agent.answer_max_new_tokens,
+    )
 
 
 def collect_failures(cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base") -> CollectResult:
@@ -62,4 +69,10 @@ def collect_failures(cfg: R2WConfig, backend: GenerationBackend, policy_name: st
     )
 
 
-collect_task = task(name="collect-failures", cache_policy=NO_CACHE)(collect_failures)
+collect_task = task(
+    name="collect-failures",
+    cache_policy=stage_cache("models", "env", "agent", "collect", "runtime"),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+)(collect_failures)

@@ -1,39 +1,68 @@
-"""Distill stage: turn hinted teacher successes into hint-free SFT examples, then train a LoRA student.
+"""Distill stage: turn hinted teacher successes into hint-free training data, then train a LoRA student.
 
 The student must behave as if it had the hints without seeing them, so every example's prompt is the
 teacher's prompt with the delimited hints block removed (verified to be exactly the base agent's
 prompt), and anything that would still leak a hint into the training data is counted and dropped.
+
+Three methods (`distill.method`), one LoRA machinery (r2w/training.py: checkpoints, resume, round trip):
+- sft: the teacher's actions as targets (TRL SFTTrainer, loss on the action only);
+- dpo: teacher action (chosen) vs the base agent's action in the same state (rejected), TRL DPOTrainer; the
+  reference is the student's own base with the adapter disabled;
+- onpolicy: context distillation; the student samples hint-free, the same model WITH the hints block scores
+  the samples (TRL's experimental SDFTTrainer, reverse KL over the vocabulary).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
-import tempfile
 import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel
-from rapidfuzz import fuzz
 
-from prompts.agent import HINTS_CLOSE, HINTS_OPEN, SYSTEM, strip_hints_block
-from r2w.config import DistillConfig
-from r2w.contracts import DistillExample, Hint, Message, Trajectory, content_hash
+from r2w.config import DistillConfig, R2WConfig
+from r2w.contracts import DistillExample, Episode, Hint, Message, Trajectory
+from r2w.distill_data import (
+    HINT_REFERENCE,
+    PromptMismatchError,
+    count_leaks,
+    example_hash,
+    finalise,
+    normalised_hint_texts,
+    prompt_hash,
+    prompt_leaks,
+    require_base_prompt,
+    student_prompt,
+    teacher_prompt,
+    to_dpo_dataset,
+    to_onpolicy_dataset,
+    to_sft_dataset,
+)
+from r2w.training import (
+    RoundTripError,
+    check_inputs,
+    checkpoint_step,
+    last_checkpoint,
+    load_model,
+    load_tokenizer,
+    log_series,
+    merge_and_verify,
+    peft_lora_config,
+    prepare_checkpoints,
+    run_fingerprint,
+    trained_and_base_logits,
+    trainer_settings,
+    write_atomically,
+)
+
+# raised by this stage, re-exported so callers need only this module
+__all__ = ["PromptMismatchError", "RoundTripError"]
 
 log = logging.getLogger(__name__)
 
-# Completions are game actions: any of these means the teacher talked about its hints instead of acting.
-HINT_REFERENCE = re.compile(
-    r"\bhints?\b|as suggested|as advised|as instructed|according to the|past attempts|as the tip",
-    re.IGNORECASE,
-)
-# partial_ratio of a very short hint against a long prompt matches by chance; short hints get the exact check only.
-FUZZY_MIN_CHARS = 20
-ROUNDTRIP_ATOL = 2e-3  # float32 logits: reloaded adapter / merged weights vs the in-memory model
 COUNT_KEYS = (
     "steps_in",
     "hint_block_removed",
@@ -44,26 +73,61 @@ COUNT_KEYS = (
     "train",
     "validation",
 )
-
-
-class PromptMismatchError(ValueError):
-    """A de-hinted teacher prompt is not the base agent's prompt: training on it would teach the wrong input."""
-
-
-class RoundTripError(RuntimeError):
-    """A saved adapter or merged model does not reproduce the trained model's logits."""
+PAIR_COUNT_KEYS = (
+    "base_failures",
+    "episode_pairs",  # (teacher success, base failure) of the same task
+    "no_shared_state",  # their first hint-free prompts already differ
+    "no_divergence",  # same actions in every shared state
+    "diverged",
+    "rejected_also_chosen",  # the base's action is one a successful teacher took in that state: not a loser
+    "leak_prompt",
+    "leak_completion",
+    "duplicates",
+    "capped",
+    "train",
+    "validation",
+)
+SERIES = {  # per-step metrics each method's trainer logs, kept in the artifacts next to the loss
+    "sft": ("mean_token_accuracy",),
+    "dpo": ("rewards/margins", "rewards/accuracies"),
+    "onpolicy": ("self_distillation/distillation_loss", "completions/mean_length"),
+}
 
 
 # ---------------------------------------------------------------------------------------------- examples
 
 
+def build_training_set(
+    trajectories: list[Trajectory],
+    active_hints: list[Hint],
+    cfg: DistillConfig,
+    seed: int = 0,
+    base_episodes: list[Episode] | None = None,
+) -> tuple[list[DistillExample], dict[str, int]]:
+    """The training rows `cfg.method` needs: SFT examples, DPO pairs (needs the base episodes), or on-policy states."""
+    if cfg.method == "dpo":
+        if base_episodes is None:
+            raise ValueError("distill.method=dpo needs the base agent's episodes (the collect stage's `episodes`)")
+        rows, counts = build_dpo_pairs(trajectories, base_episodes, active_hints, cfg, seed)
+    else:
+        rows, counts = build_examples(
+            trajectories, active_hints, cfg, seed, keep_teacher_context=cfg.method == "onpolicy"
+        )
+    counts["leak_remaining"] = count_leaks(rows, active_hints, cfg.leakage_fuzzy_ratio)
+    return rows, counts
+
+
 def build_examples(
-    trajectories: list[Trajectory], active_hints: list[Hint], cfg: DistillConfig, seed: int = 0
+    trajectories: list[Trajectory],
+    active_hints: list[Hint],
+    cfg: DistillConfig,
+    seed: int = 0,
+    keep_teacher_context: bool = False,
 ) -> tuple[list[DistillExample], dict[str, int]]:
     """One hint-free (prompt, action) example per teacher step, leak-checked, deduplicated, capped, split by task."""
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["not_successful"] = 0
-    hint_texts = _normalised_hint_texts(active_hints)
+    hint_texts = normalised_hint_texts(active_hints)
     seen: set[str] = set()
     candidates: list[tuple[tuple, DistillExample]] = []
     for traj in trajectories:
@@ -74,96 +138,113 @@ def build_examples(
             counts["steps_in"] += 1
             prompt, removed = student_prompt(step.prompt, traj.hints_block)
             counts["hint_block_removed"] += removed
-            if _prompt_leaks(prompt, hint_texts, cfg.leakage_fuzzy_ratio):
+            if prompt_leaks(prompt, hint_texts, cfg.leakage_fuzzy_ratio):
                 counts["leak_prompt"] += 1
                 continue
             if HINT_REFERENCE.search(step.action):
                 counts["leak_completion"] += 1
                 continue
-            example_id = example_hash(prompt, step.action)
-            if example_id in seen:
-                counts["duplicates"] += 1
+            context = traj.hints_block if keep_teacher_context else ""
+            example = _unseen_example(traj, prompt, step.action, seen, counts, teacher_context=context)
+            if example is None:
                 continue
-            seen.add(example_id)
-            example = DistillExample(
-                example_id=example_id,
-                task_id=traj.episode.task_id,
-                category=traj.episode.category,
-                prompt=prompt,
-                completion=step.action,
-                trajectory_id=traj.trajectory_id,
-            )
             # Shorter successes first: long ones carry wandering (repeated open/close) the student would copy.
             candidates.append(((len(traj.episode.steps), traj.trajectory_id, step.index), example))
-    kept = _cap_per_task(candidates, cfg.max_examples_per_task, counts)
-    validation_tasks = split_tasks(sorted({e.task_id for e in kept}), cfg.validation_fraction, seed)
-    examples = [
-        e.model_copy(update={"split": "validation" if e.task_id in validation_tasks else "train"}) for e in kept
-    ]
-    counts["validation"] = sum(e.split == "validation" for e in examples)
-    counts["train"] = len(examples) - counts["validation"]
-    log.info("distill set: %s", counts)
-    return examples, counts
+    return finalise(candidates, cfg, seed, counts), counts
 
 
-def student_prompt(teacher_prompt: list[Message], hints_block: str) -> tuple[list[Message], int]:
-    """Remove the hints block and prove what is left is the base agent's prompt (returns prompt, 1 if removed)."""
-    prompt = strip_hints_block(teacher_prompt)
-    if any(HINTS_OPEN in m.content or HINTS_CLOSE in m.content for m in prompt):
-        raise PromptMismatchError("a hints marker survived strip_hints_block (block outside the system message?)")
-    system = [m for m in prompt if m.role == "system"]
-    if [m.content for m in system] != [SYSTEM]:
-        raise PromptMismatchError("de-hinted system message differs from the base agent's system prompt")
-    teacher_system = next(m.content for m in teacher_prompt if m.role == "system")
-    if teacher_system != SYSTEM + hints_block:
-        raise PromptMismatchError("teacher system message is not the base system prompt plus its recorded hints block")
-    return prompt, int(teacher_system != SYSTEM)
+def build_dpo_pairs(
+    trajectories: list[Trajectory],
+    base_episodes: list[Episode],
+    active_hints: list[Hint],
+    cfg: DistillConfig,
+    seed: int = 0,
+) -> tuple[list[DistillExample], dict[str, int]]:
+    """(state, teacher action, base action) where a successful teacher and a failed base episode of one task part.
+
+    Both episodes are walked step by step while their hint-free prompts are identical (the prompt is all a
+    policy sees, history included); at each such state where the actions differ, the teacher's action is
+    `chosen` and the base's `rejected`. With history in the prompt a different action makes the next prompts
+    differ, so this is the divergence point of the shared prefix. A base action that some successful teacher
+    took in the same state is not a loser and is dropped.
+    """
+    counts = dict.fromkeys(PAIR_COUNT_KEYS, 0)
+    counts["not_successful"] = counts["base_successes"] = 0
+    hint_texts = normalised_hint_texts(active_hints)
+    failures: dict[str, list[Episode]] = defaultdict(list)
+    for episode in base_episodes:
+        if episode.success:
+            counts["base_successes"] += 1
+            continue
+        for step in episode.steps:
+            require_base_prompt(episode, step.index, step.prompt)
+        counts["base_failures"] += 1
+        failures[episode.task_id].append(episode)
+    teachers: list[tuple[Trajectory, list[list[Message]]]] = []
+    winners: dict[str, set[str]] = defaultdict(set)  # prompt hash -> actions of successful teachers there
+    for traj in trajectories:
+        if not traj.episode.success:
+            counts["not_successful"] += 1
+            continue
+        prompts = [student_prompt(step.prompt, traj.hints_block)[0] for step in traj.episode.steps]
+        for prompt, step in zip(prompts, traj.episode.steps, strict=True):
+            winners[prompt_hash(prompt)].add(step.action)
+        teachers.append((traj, prompts))
+
+    seen: set[str] = set()
+    candidates: list[tuple[tuple, DistillExample]] = []
+    for traj, prompts in teachers:
+        for base in failures.get(traj.episode.task_id, []):
+            counts["episode_pairs"] += 1
+            if not (base.steps and prompts and base.steps[0].prompt == prompts[0]):
+                counts["no_shared_state"] += 1
+                continue
+            diverged = False
+            for prompt, step, base_step in zip(prompts, traj.episode.steps, base.steps, strict=False):
+                if base_step.prompt != prompt:
+                    break
+                if base_step.action == step.action:
+                    continue
+                diverged = True
+                if prompt_leaks(prompt, hint_texts, cfg.leakage_fuzzy_ratio):
+                    counts["leak_prompt"] += 1
+                elif HINT_REFERENCE.search(step.action) or HINT_REFERENCE.search(base_step.action):
+                    counts["leak_completion"] += 1
+                elif base_step.action in winners[prompt_hash(prompt)]:
+                    counts["rejected_also_chosen"] += 1
+                elif pair := _unseen_example(traj, prompt, step.action, seen, counts, rejected=base_step.action):
+                    candidates.append(
+                        ((len(traj.episode.steps), traj.trajectory_id, step.index, base.episode_id), pair)
+                    )
+            counts["diverged" if diverged else "no_divergence"] += 1
+    return finalise(candidates, cfg, seed, counts), counts
 
 
-def example_hash(prompt: list[Message], completion: str) -> str:
-    return content_hash({"prompt": [m.model_dump() for m in prompt], "completion": completion})[:16]
-
-
-def split_tasks(task_ids: list[str], fraction: float, seed: int) -> set[str]:
-    """A deterministic validation subset of whole tasks, so no task's states appear on both sides."""
-    if fraction <= 0 or len(task_ids) < 2:
-        return set()
-    n = min(len(task_ids) - 1, max(1, round(fraction * len(task_ids))))
-    ranked = sorted(task_ids, key=lambda t: content_hash({"seed": seed, "task_id": t}))
-    return set(ranked[:n])
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _normalised_hint_texts(hints: list[Hint]) -> list[str]:
-    return [t for t in (_normalise(h.text) for h in hints) if t]
-
-
-def _prompt_leaks(prompt: list[Message], hint_texts: list[str], fuzzy_ratio: float) -> bool:
-    for message in prompt:
-        content = _normalise(message.content)
-        for hint in hint_texts:
-            if hint in content:
-                return True
-            if len(hint) >= FUZZY_MIN_CHARS and fuzz.partial_ratio(hint, content) >= fuzzy_ratio:
-                return True
-    return False
-
-
-def _cap_per_task(
-    candidates: list[tuple[tuple, DistillExample]], cap: int, counts: dict[str, int]
-) -> list[DistillExample]:
-    by_task: dict[str, list[tuple[tuple, DistillExample]]] = defaultdict(list)
-    for key, example in candidates:
-        by_task[example.task_id].append((key, example))
-    kept = []
-    for task_id in sorted(by_task):
-        ranked = [e for _, e in sorted(by_task[task_id], key=lambda item: item[0])]
-        kept.extend(ranked[:cap])
-        counts["capped"] += max(0, len(ranked) - cap)
-    return kept
+def _unseen_example(
+    traj: Trajectory,
+    prompt: list[Message],
+    completion: str,
+    seen: set[str],
+    counts: dict[str, int],
+    rejected: str | None = None,
+    teacher_context: str = "",
+) -> DistillExample | None:
+    """A content-addressed example, or None (counted as a duplicate) when an identical one was already taken."""
+    example_id = example_hash(prompt, completion, rejected)
+    if example_id in seen:
+        counts["duplicates"] += 1
+        return None
+    seen.add(example_id)
+    return DistillExample(
+        example_id=example_id,
+        task_id=traj.episode.task_id,
+        category=traj.episode.category,
+        prompt=prompt,
+        completion=completion,
+        rejected=rejected,
+        teacher_context=teacher_context,
+        trajectory_id=traj.trajectory_id,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -184,283 +265,240 @@ class StudentArtifacts(BaseModel):
     tokens_trained: int = 0
     resumed_from_step: int = 0  # 0: started fresh
     adapter_logit_delta: float = 0.0  # max |logits(trained) - logits(base)| on the check prompts
+    method: str = "sft"
+    base_model: Path | None = None  # the weights the adapter sits on (the champion's merged model in a continual round)
+    parent_version: str | None = None  # registry version trained on top of (init_from=champion)
+    train_metrics: dict[str, list[float]] = {}  # per-step method metrics, e.g. DPO reward margins
+
+    @property
+    def s_per_step(self) -> float:
+        trained = self.steps - self.resumed_from_step
+        return self.train_seconds / trained if trained > 0 else 0.0
 
 
-def train_sft(
+def train_student(
     examples: list[DistillExample],
     base_model: Path,
     cfg: DistillConfig,
     out_dir: Path,
     seed: int = 0,
     resume: bool = True,
+    parent_version: str | None = None,
     *,
     save_steps: int | None = None,
 ) -> StudentArtifacts:
-    """LoRA SFT on the completions only; saves adapter and merged model, and proves both reload to the same logits."""
+    """Train a LoRA adapter with `cfg.method` on top of base_model; resume, save adapter + merged, verify both."""
     import torch
-    from trl import SFTTrainer
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     train = [e for e in examples if e.split == "train"]
     validation = [e for e in examples if e.split == "validation"]
     if not train:
-        raise ValueError("no training examples: nothing to distill")
-    checkpoints = _prepare_checkpoints(out_dir, _run_fingerprint(examples, base_model, cfg, seed), resume)
-    last = _last_checkpoint(checkpoints) if resume else None
+        raise ValueError(f"no training examples: nothing to distill ({cfg.method})")
+    if cfg.method == "dpo" and (missing := [e.example_id for e in examples if e.rejected is None]):
+        raise ValueError(f"DPO needs a rejected action on every example; missing on {len(missing)}: {missing[:3]}")
+    checkpoints = prepare_checkpoints(out_dir, run_fingerprint(examples, base_model, cfg, seed), resume)
+    last = last_checkpoint(checkpoints) if resume else None
 
-    tokenizer = _load_tokenizer(base_model)
+    tokenizer = load_tokenizer(base_model)
     # float32 master weights: bf16=True means autocast compute, and the round trip then compares like with like.
-    model = _load_model(base_model, torch.float32)
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(cfg, checkpoints, seed, save_steps),
-        train_dataset=to_sft_dataset(train),
-        eval_dataset=to_sft_dataset(validation) if validation else None,
-        processing_class=tokenizer,
-        peft_config=peft_lora_config(cfg),
-    )
-    resumed_from = _checkpoint_step(last) if last else 0
+    model = load_model(base_model, torch.float32)
+    settings = trainer_settings(cfg, checkpoints, seed, save_steps)
+    make_trainer = {"sft": _sft_trainer, "dpo": _dpo_trainer, "onpolicy": _onpolicy_trainer}[cfg.method]
+    trainer = make_trainer(cfg, settings, model, tokenizer, train, validation)
+    resumed_from = checkpoint_step(last) if last else 0
     if last:
         log.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    eval_loss = trainer.evaluate()["eval_loss"] if validation else None
+    eval_loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     train_seconds = float(result.metrics.get("train_runtime", 0.0))
     tokens = int(getattr(trainer, "_total_train_tokens", 0))
-    losses = loss_history(trainer.state.log_history)
+    history = trainer.state.log_history
 
     # unwrap: Accelerate patches forward with bf16 autocast, which would make the reference a bf16 computation
     trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
     adapter_dir = out_dir / "adapter"
-    _write_atomically(adapter_dir, trained.save_pretrained)
-    check_ids = _check_inputs(tokenizer, train[:2])
-    reference, base_logits = _trained_and_base_logits(trained, check_ids)
+    write_atomically(adapter_dir, trained.save_pretrained)
+    check_ids = check_inputs(tokenizer, train[:2])
+    reference, base_logits = trained_and_base_logits(trained, check_ids)
     del trainer, trained, model
     merged_dir = out_dir / "merged"
-    diff = _merge_and_verify(base_model, adapter_dir, merged_dir, tokenizer, check_ids, reference)
+    diff = merge_and_verify(base_model, adapter_dir, merged_dir, tokenizer, check_ids, reference)
 
     artifacts = StudentArtifacts(
         adapter_dir=adapter_dir,
         merged_dir=merged_dir,
-        train_losses=losses,
+        train_losses=log_series(history),
         eval_loss=None if eval_loss is None else float(eval_loss),
         steps=int(result.global_step),
         seconds=time.perf_counter() - started,
-        tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
+        tokens_per_s=tokens / train_seconds if train_seconds > 0 and tokens else 0.0,
         roundtrip_max_abs_diff=diff,
         train_seconds=train_seconds,
         tokens_trained=tokens,
         resumed_from_step=resumed_from,
         adapter_logit_delta=max(float((r - b).abs().max()) for r, b in zip(reference, base_logits, strict=True)),
+        method=cfg.method,
+        base_model=Path(base_model),
+        parent_version=parent_version,
+        train_metrics={key: log_series(history, key) for key in SERIES[cfg.method]},
     )
     (out_dir / "student.json").write_text(artifacts.model_dump_json(indent=2))
     return artifacts
 
 
-def sft_config(cfg: DistillConfig, checkpoints: Path, seed: int, save_steps: int | None = None, **overrides):
-    """TRL settings from the distill config; TRL 1.16 defaults bf16 and gradient checkpointing on, so both are set."""
-    from trl import SFTConfig
-
-    settings = dict(
-        output_dir=str(checkpoints),
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=True,
-        report_to=[],
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=save_steps or default_save_steps(cfg.max_steps),
-        save_total_limit=2,
-        eval_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        max_length=1024,
-    )
-    settings.update(overrides)
-    return SFTConfig(**settings)
+def train_sft(examples: list[DistillExample], base_model: Path, cfg: DistillConfig, *args, **kw) -> StudentArtifacts:
+    """train_student with method=sft, whatever cfg says."""
+    return train_student(examples, base_model, _with_method(cfg, "sft"), *args, **kw)
 
 
-def default_save_steps(max_steps: int) -> int:
-    """About four checkpoints a run, at most 10 steps apart: a kill loses minutes, not the run."""
-    return max(1, min(10, max_steps // 4))
+def train_dpo(pairs: list[DistillExample], base_model: Path, cfg: DistillConfig, *args, **kw) -> StudentArtifacts:
+    """train_student with method=dpo, whatever cfg says."""
+    return train_student(pairs, base_model, _with_method(cfg, "dpo"), *args, **kw)
 
 
-def peft_lora_config(cfg: DistillConfig):
-    from peft import LoraConfig as PeftLoraConfig
+def train_onpolicy(examples: list[DistillExample], base_model: Path, cfg: DistillConfig, *args, **kw):
+    """train_student with method=onpolicy, whatever cfg says."""
+    return train_student(examples, base_model, _with_method(cfg, "onpolicy"), *args, **kw)
 
-    return PeftLoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
-        task_type="CAUSAL_LM",
+
+def _with_method(cfg: DistillConfig, method: str) -> DistillConfig:
+    return DistillConfig.model_validate({**cfg.model_dump(), "method": method})  # validated: batch vs samples
+
+
+def _sft_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, validation):
+    """SFT on the action only: TRL masks the prompt of conversational prompt/completion rows."""
+    from trl import SFTConfig, SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=SFTConfig(**settings, max_length=1024),
+        train_dataset=to_sft_dataset(train),
+        eval_dataset=to_sft_dataset(validation) if validation else None,
+        processing_class=tokenizer,
+        peft_config=peft_lora_config(cfg),
     )
 
 
-def to_sft_dataset(examples: list[DistillExample]):
-    """Conversational prompt/completion rows: TRL masks the prompt, so the loss is on the action only."""
-    from datasets import Dataset
+def _dpo_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, validation):
+    """DPO on (state, teacher action, base action). No ref_model: with a PEFT model TRL disables the adapter for
+    the reference, so the reference is exactly the weights the student starts from (base, or champion)."""
+    from trl import DPOConfig, DPOTrainer
 
-    return Dataset.from_list(
-        [
-            {
-                "prompt": [m.model_dump() for m in e.prompt],
-                "completion": [{"role": "assistant", "content": e.completion}],
-            }
-            for e in examples
-        ]
+    return DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=DPOConfig(**settings, beta=cfg.dpo.beta, max_length=1024),
+        train_dataset=to_dpo_dataset(train),
+        eval_dataset=to_dpo_dataset(validation) if validation else None,
+        processing_class=tokenizer,
+        peft_config=peft_lora_config(cfg),
     )
 
 
-def loss_history(log_history: list[dict]) -> list[float]:
-    """Per-step training losses; after a resume the trainer's history includes the steps before the kill."""
-    return [float(h["loss"]) for h in log_history if "loss" in h and "step" in h]
+def _onpolicy_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, validation):
+    """On-policy context distillation: the student samples on the hint-free prompt; the same frozen weights (adapter
+    disabled) WITH the hints block score those samples; the loss is the per-token reverse KL(student || teacher)
+    over the vocabulary, backpropagated into the LoRA.
+
+    TRL 1.16 offers this as `trl.experimental.sdft.SDFTTrainer` (self-distillation with a privileged context,
+    `teacher_model_kind="base"` = adapter disabled, `distillation_mode="full_logits"`, `distillation_alpha=1.0` =
+    reverse KL); it runs on CPU here. Its one mismatch: it appends the privileged context to the last USER turn,
+    while our teacher had the hints block at the end of the SYSTEM message; a small subclass swaps the prompt
+    builder so the teacher scores with exactly the prompt it was rolled out with. GKD (trl.experimental.gkd) was
+    not used: it feeds teacher and student the same prompt, which is no context distillation. No validation loss:
+    SDFT's evaluation would sample too.
+    """
+    from trl.experimental.sdft import SDFTConfig
+
+    args = SDFTConfig(
+        **settings,
+        num_generations=cfg.onpolicy.samples,
+        max_completion_length=cfg.onpolicy.max_new_tokens,
+        temperature=cfg.onpolicy.temperature,
+        distillation_mode="full_logits",
+        distillation_alpha=1.0,
+        teacher_model_kind="base",
+        max_prompt_length=None,  # left truncation would cut the system prompt (and the teacher's hints)
+    )
+    return _hinted_sdft_trainer()(
+        model=model,
+        args=args,
+        train_dataset=to_onpolicy_dataset(train),
+        processing_class=tokenizer,
+        peft_config=peft_lora_config(cfg),
+    )
 
 
-def _run_fingerprint(examples: list[DistillExample], base_model: Path, cfg: DistillConfig, seed: int) -> str:
-    # max_steps is left out so a longer run may continue a shorter one.
-    return content_hash(
-        {
-            "examples": sorted((e.example_id, e.split) for e in examples),
-            "base_model": str(Path(base_model).resolve()),
-            "cfg": cfg.model_dump(mode="json", exclude={"max_steps"}),
-            "seed": seed,
-        }
-    )[:16]
+def _hinted_sdft_trainer():
+    """SDFTTrainer whose teacher prompt is our teacher's: the hints block at the end of the system message."""
+    from trl.experimental.sdft import SDFTTrainer
+    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+
+    class SystemHintsContext(DemonstrationTeacherContextBuilder):
+        def _compose_teacher_prompt(self, prompt, privileged_context):
+            return teacher_prompt(prompt, privileged_context)
+
+    class HintedSelfDistillation(SDFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher_context_builder = SystemHintsContext(self)
+
+    return HintedSelfDistillation
 
 
-def _prepare_checkpoints(out_dir: Path, fingerprint: str, resume: bool) -> Path:
-    """Checkpoints of another data/config/seed are never resumed: they would silently train something else."""
-    checkpoints = out_dir / "checkpoints"
-    marker = out_dir / "run.json"
-    previous = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
-    if checkpoints.exists() and (not resume or previous != fingerprint):
-        if resume:
-            log.warning("discarding checkpoints in %s: they belong to a different run", checkpoints)
-        shutil.rmtree(checkpoints)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    for broken in [p for p in checkpoints.glob("checkpoint-*") if not _is_complete(p)]:
-        log.warning("removing %s: killed while saving", broken)
-        shutil.rmtree(broken)
-    marker.write_text(json.dumps({"fingerprint": fingerprint}))
-    return checkpoints
+# ---------------------------------------------------------------------------------------------- continual rounds
 
 
-def _last_checkpoint(checkpoints: Path) -> Path | None:
-    complete = [p for p in checkpoints.glob("checkpoint-*") if _is_complete(p)]
-    return max(complete, key=_checkpoint_step) if complete else None
+class ChampionNotFoundError(LookupError):
+    """distill.init_from=champion, but the registry has no `champion` to train on top of."""
 
 
-def _is_complete(checkpoint: Path) -> bool:
-    """The Trainer writes trainer_state.json last: without a readable one, the save was cut short."""
+class StudentBase(BaseModel):
+    """The weights a new adapter is trained on: the configured base, or the champion's merged model."""
+
+    path: Path
+    parent_version: str | None = None
+    source: str = ""
+
+
+def resolve_student_base(cfg: R2WConfig, base_path: Path) -> StudentBase:
+    """init_from=base: the base model. init_from=champion: the `champion` version's merged folder, downloaded once."""
+    if cfg.distill.init_from == "base":
+        return StudentBase(path=Path(base_path))
+    from mlflow.exceptions import MlflowException
+
+    from r2w.tracking import client_for
+    from tasks.register import CHAMPION
+
+    name = cfg.registry.model_name
     try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+        version = client_for(cfg).get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        raise ChampionNotFoundError(
+            f"distill.init_from=champion: registered model {name!r} has no `{CHAMPION}` alias at {cfg.tracking_uri} "
+            "(a person sets it with `r2w promote`; or set distill.init_from=base)"
+        ) from exc
+    target = cfg.data_path / "models" / "champions" / f"{name}-v{version.version}"  # versions are immutable
+    if not (target / "config.json").is_file():
+        write_atomically(target, partial(_download_model, version.source, cfg.tracking_uri))
+    log.info("training on top of %s version %s (%s)", name, version.version, version.source)
+    return StudentBase(path=target, parent_version=str(version.version), source=version.source)
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(Path(path).name.rsplit("-", 1)[-1])
+def _download_model(source: str, tracking_uri: str, folder: Path) -> None:
+    import mlflow
 
-
-def _load_tokenizer(base_model: Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _load_model(path: Path, dtype):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-
-
-def _write_atomically(target: Path, write) -> None:
-    """Write into a temp folder next to target, then swap it in: a crash never leaves a half-written model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(staged)
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        staged.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-
-
-def _check_inputs(tokenizer, examples: list[DistillExample]) -> list:
-    """Full training sequences (prompt + action) used to compare logits across the save/reload round trip."""
-    ids = []
-    for e in examples:
-        messages = [m.model_dump() for m in e.prompt] + [{"role": "assistant", "content": e.completion}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        ids.append(tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"])
-    return ids
-
-
-def _logits(model, check_ids: list) -> list:
-    import torch
-
-    with torch.inference_mode():
-        return [model(input_ids=ids).logits.float() for ids in check_ids]
-
-
-def _trained_and_base_logits(peft_model, check_ids: list) -> tuple[list, list]:
-    import torch
-
-    peft_model.to(torch.float32)
-    reference = _logits(peft_model, check_ids)
-    with peft_model.disable_adapter():
-        base = _logits(peft_model, check_ids)
-    return reference, base
-
-
-def _merge_and_verify(base_model: Path, adapter_dir: Path, merged_dir: Path, tokenizer, check_ids, reference) -> float:
-    """Reload base+adapter from disk, merge in float32, save, reload the merged folder: all must match training."""
-    import torch
-    from peft import PeftModel
-
-    reloaded = PeftModel.from_pretrained(_load_model(base_model, torch.float32), str(adapter_dir)).eval()
-    adapter_diff = _max_diff(reference, _logits(reloaded, check_ids))
-    _write_atomically(merged_dir, partial(_save_merged, reloaded.merge_and_unload(), tokenizer, base_model))
-    del reloaded
-    merged_diff = _max_diff(reference, _logits(_load_model(merged_dir, torch.float32).eval(), check_ids))
-    diff = max(adapter_diff, merged_diff)
-    if diff > ROUNDTRIP_ATOL:
-        raise RoundTripError(
-            f"saved student does not reproduce the trained logits: adapter {adapter_diff:.2e}, "
-            f"merged {merged_diff:.2e} (tolerance {ROUNDTRIP_ATOL:.0e})"
-        )
-    log.info("round trip ok: adapter %.2e, merged %.2e", adapter_diff, merged_diff)
-    return diff
-
-
-def _save_merged(model, tokenizer, base_model: Path, folder: Path) -> None:
-    # float32: a LoRA delta smaller than a bf16 step of the base weight would be rounded away; servers cast on load.
-    from r2w.models import READY
-
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / READY).write_text(json.dumps({"source": "r2w-distill", "base": str(base_model)}, indent=2))
-
-
-def _max_diff(a: list, b: list) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracking_uri)
+    )
+    if local.resolve() != folder.resolve():
+        for item in local.iterdir():
+            shutil.move(str(item), str(folder / item.name))
+        shutil.rmtree(local)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"champion source {source}: no config.json, not a merged model folder")
 
 
 # ---------------------------------------------------------------------------------------------- prefect
@@ -468,5 +506,9 @@ def _max_diff(a: list, b: list) -> float:
 from prefect import task  # noqa: E402 - after the plain functions, which must not need Prefect
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-build_examples_task = task(name="build-distill-set", cache_policy=NO_CACHE)(build_examples)
-train_task = task(name="train-student", retries=0, cache_policy=NO_CACHE)(train_sft)
+from r2w.caching import stage_cache  # noqa: E402
+
+build_examples_task = task(name="build-distill-set", cache_policy=NO_CACHE)(build_training_set)
+# Cached on the examples' content, the start weights, the distill config and the output folder;
+# a killed training run is not cached and resumes from its last checkpoint instead.
+train_task = task(name="train-student", cache_policy=stage_cache(), persist_result=True)(train_student)

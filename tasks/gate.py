@@ -23,6 +23,7 @@ from evaluation.retention import (
     mean_action_loglik,
     mean_kl,
 )
+from r2w.caching import stage_cache
 from r2w.config import EnvConfig, R2WConfig
 from r2w.contracts import GateReport, PolicyScore
 from r2w.datasets import DatasetRef, save_records
@@ -38,7 +39,8 @@ class EvaluationResult(BaseModel):
     episodes: DatasetRef
 
 
-def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve) -> EvaluationResult:
+def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snapshot: str) -> EvaluationResult:
+    """Score random/base/teacher/student on the same held-out seeds; `hint_snapshot` keys the cache."""
     factory = make_environment(cfg.env)
     tasks = factory.tasks("test", cfg.evaluate.test_episodes)
     jobs = [(t, 0) for t in tasks]
@@ -82,20 +84,37 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve) -> Evaluat
 def measure_retention(cfg: R2WConfig, base_backend, student_backend) -> dict[str, float]:
     """KL to the base on general prompts, and gold-action log-lik on never-trained game types."""
     tok = base_backend.tokenizer
+    base_model = logits_model(base_backend, cfg.models.dtype)
     out = {
         "kl_base_student": mean_kl(
-            base_backend.model, student_backend.model, tok, load_general_prompts(cfg.evaluate.kl_prompts)
+            base_model, student_backend.model, tok, load_general_prompts(cfg.evaluate.kl_prompts)
         )
     }
     for game in cfg.evaluate.retention_games:
         factory = make_environment(EnvConfig(name="twx", game=game, params=cfg.evaluate.retention_params))
         pairs = collect_gold_decisions(factory, cfg.evaluate.retention_tasks, cfg.agent.history)
-        base_ll = mean_action_loglik(base_backend.model, tok, pairs)
+        base_ll = mean_action_loglik(base_model, tok, pairs)
         student_ll = mean_action_loglik(student_backend.model, tok, pairs)
         out[f"loglik_base:{game}"] = base_ll
         out[f"loglik_student:{game}"] = student_ll
         out[f"drop:{game}"] = base_ll - student_ll
     return out
+
+
+
+def logits_model(backend, dtype: str):
+    """A transformers model with the backend's weights: retention needs logits, which vLLM does not expose."""
+    import torch
+
+    model = getattr(backend, "model", None)
+    if isinstance(model, torch.nn.Module):
+        return model
+    path = getattr(backend, "model_path", None)
+    if path is None:
+        raise ValueError(f"retention: the {backend.name} backend has no local weights to compute logits from")
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
 
 def gate(
@@ -111,5 +130,11 @@ def gate(
     return report, out_dir
 
 
-evaluate_task = task(name="evaluate", cache_policy=NO_CACHE)(evaluate)
+evaluate_task = task(
+    name="evaluate",
+    cache_policy=stage_cache("models", "env", "agent", "evaluate", "hints", "runtime"),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+)(evaluate)
 gate_task = task(name="gate", cache_policy=NO_CACHE)(gate)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from r2w.caching import stage_cache
 from r2w.config import CONFIG_DIR, HintsConfig
 from r2w.contracts import Episode
 from r2w.hintstore import HintStore
@@ -79,4 +79,10 @@ def resolve_pack(pack: str | Path) -> Path:
     raise FileNotFoundError(f"hints.curated_packs: {pack} not found (also tried {bundled})")
 
 
-hints_task = task(name="extract-hints", cache_policy=NO_CACHE)(extract_and_store)
+hints_task = task(
+    name="extract-hints",
+    cache_policy=stage_cache(ignore=("run_id",)),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+)(extract_and_store)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from evaluation.environments import Observation, TaskSpec, make_environment
 from evaluation.metrics import score_episodes
 from prompts.agent import extract_hints_block, render_hints_block
 from r2w.backends import GenerationBackend
+from r2w.caching import stage_cache
 from r2w.config import R2WConfig
 from r2w.contracts import Hint, Trajectory, content_hash
 from r2w.datasets import DatasetRef, save_records
@@ -85,4 +85,10 @@ def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve, hint_snapshot: s
     )
 
 
-teach_task = task(name="teach", cache_policy=NO_CACHE)(teach)
+teach_task = task(
+    name="teach",
+    cache_policy=stage_cache("models", "env", "agent", "teach", "hints", "runtime"),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+)(teach)

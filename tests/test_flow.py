@@ -80,3 +80,25 @@ def test_promote_and_rollback_need_a_person(passing_run, data_dir):
     assert str(client.get_model_version_by_alias(cfg.registry.model_name, "champion").version) == "1"
     with pytest.raises(ValueError, match="no earlier champion"):
         rollback_champion(cfg, by="alice", reason="oops")
+
+
+def test_evaluate_flow_regates_a_registered_version(passing_run, data_dir):
+    from flows.evaluate import evaluate_version
+
+    result = evaluate_version("1", config="test", overrides={"data_dir": str(data_dir)})
+    assert result.passed  # the permissive test gates again
+    cfg, client = _client(data_dir)
+    tag = client.get_model_version(cfg.registry.model_name, "1").tags["r2w.regate"]
+    assert tag.startswith("passed") and result.mlflow_run_id in tag
+    strict = evaluate_version("1", config="test", overrides={"data_dir": str(data_dir), "gate": {"max_kl": 0.0}})
+    assert not strict.passed and any(r.startswith("kl_to_base") for r in strict.reasons)
+
+
+def test_status_cli_shows_runs_and_aliases(passing_run, data_dir):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--config", "test", "--set", f"data_dir={data_dir}"])
+    assert result.exit_code == 0, result.output
+    assert "challenger" in result.output and passing_run.mlflow_run_id[:12] in result.output

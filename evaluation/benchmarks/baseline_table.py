@@ -1,0 +1,137 @@
+"""Baseline: the base SmolLM2 agent per TextWorldExpress game type and per reasoning-gym family.
+
+The agent is the pipeline's own (`tasks.collect.agent_policy` on the demo config: greedy,
+replies constrained to the valid actions, 3 history turns; free-text answers of up to
+`agent.answer_max_new_tokens` tokens on reasoning-gym). Each suite is played on the first
+`--n` seeds of the benchmark's TEST split (TWX's own test fold; reasoning-gym seeds 20000+).
+Beside it, the random-valid-action policy on the first `--random-n` test seeds of the same suite
+(reasoning-gym has no action set: the random policy answers the empty string, so ~0 by design).
+Every rate has n and a 95% Wilson interval. Rows are printed as they finish; `--out` keeps JSON.
+
+Command (repo root, venv active; ~30-60 min on a loaded 2-core CPU):
+
+    python -m evaluation.benchmarks.baseline_table --n 20 --random-n 100 --max-steps 15 --out .r2w/baseline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from r2w.runtime import configure_environment, set_torch_threads
+
+# Small instances a 135M model can attempt; the table states them.
+RG_FAMILIES: dict[str, dict] = {
+    "basic_arithmetic": {
+        "min_terms": 2,
+        "max_terms": 2,
+        "min_digits": 1,
+        "max_digits": 2,
+        "operators": ["+", "-"],
+        "allow_parentheses": False,
+        "allow_negation": False,
+    },
+    "leg_counting": {"min_animals": 1, "max_animals": 2, "max_instances": 3},
+    "spell_backward": {"min_word_len": 3, "max_word_len": 5},
+}
+
+
+def suites(games: list[str], families: list[str], max_steps: int) -> list[tuple[str, object, str]]:
+    from evaluation.environments.twx import GAME_PARAMS
+    from r2w.config import EnvConfig
+
+    out = [(f"twx/{g}", EnvConfig(game=g, max_steps=max_steps), GAME_PARAMS[g] or "TWX defaults") for g in games]
+    for fam in families:
+        kwargs = RG_FAMILIES.get(fam, {})
+        env = EnvConfig(name="reasoning_gym", families=[fam], family_kwargs={fam: kwargs} if kwargs else {})
+        out.append((f"reasoning_gym/{fam}", env, json.dumps(kwargs, separators=(",", ":")) or "defaults"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from evaluation.environments.twx import GAMES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--n", type=int, default=20, help="test seeds per suite for the agent")
+    parser.add_argument("--random-n", type=int, default=100, help="test seeds per suite for the random policy")
+    parser.add_argument("--max-steps", type=int, default=15)
+    parser.add_argument("--games", default=",".join(GAMES))
+    parser.add_argument("--families", default=",".join(RG_FAMILIES))
+    parser.add_argument("--data-dir", default=".r2w")
+    parser.add_argument("--out", default=None, help="JSON file for the rows (rewritten after each suite)")
+    args = parser.parse_args(argv)
+
+    configure_environment(args.data_dir)
+    set_torch_threads(1)
+    from evaluation.environments import make_environment
+    from evaluation.metrics import score_episodes
+    from r2w.backends.hf import TransformersBackend
+    from r2w.config import load_config
+    from r2w.models import resolve_model
+    from r2w.rollout import RandomPolicy, run_episodes
+    from tasks.collect import agent_policy
+
+    cfg = load_config("demo", {"data_dir": args.data_dir})
+    dtype = "float32" if args.model == "tiny" else cfg.models.dtype
+    backend = TransformersBackend(resolve_model(args.model, args.data_dir), dtype=dtype)
+    policy = agent_policy(cfg, backend, "base", temperature=0.0)
+    games = [g for g in args.games.split(",") if g]
+    families = [f for f in args.families.split(",") if f]
+    rows: list[dict] = []
+    header = "| suite | params | n | base success (95% CI) | random n | random success (95% CI) | base s/episode |"
+    print(f"\nbaseline: {args.model}, greedy, constrained, max {args.max_steps} steps, test seeds\n")
+    print(header + "\n|---|---|---:|---|---:|---|---:|", flush=True)
+    for name, env_cfg, params in suites(games, families, args.max_steps):
+        factory = make_environment(env_cfg)
+        start = time.perf_counter()
+        base = run_episodes(
+            factory,
+            [(t, 0) for t in factory.tasks("test", args.n)],
+            policy,
+            args.max_steps,
+            batch_size=args.n,
+            config_hash=cfg.hash,
+            desc=f"{name} base",
+        )
+        per_episode = (time.perf_counter() - start) / args.n
+        rand = run_episodes(
+            factory,
+            [(t, 0) for t in factory.tasks("test", args.random_n)],
+            RandomPolicy(cfg.runtime.seed),
+            args.max_steps,
+            batch_size=16,
+            desc=f"{name} random",
+        )
+        b, r = score_episodes("base", base), score_episodes("random", rand)
+        row = {
+            "suite": name,
+            "params": params,
+            "base": b.model_dump(),
+            "random": r.model_dump(),
+            "s_per_episode": per_episode,
+        }
+        rows.append(row)
+        print(
+            f"| {name} | `{params}` | {b.n} | {fmt(b)} | {r.n} | {fmt(r)} | {per_episode:.1f} |",
+            flush=True,
+        )
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp")
+            meta = {"model": args.model, "max_steps": args.max_steps, "date": datetime.now(UTC).isoformat()}
+            tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+            tmp.replace(out)
+    return rows
+
+
+def fmt(score) -> str:
+    return f"{score.successes}/{score.n} = {score.rate:.0%} ({score.ci_low:.0%}-{score.ci_high:.0%})"
+
+
+if __name__ == "__main__":
+    main()

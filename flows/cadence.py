@@ -1,0 +1,55 @@
+"""When is it worth retraining? Count what is new since the last registered version.
+
+A deployment sets `cadence.min_new_failures` / `cadence.min_new_hints`; a run that finds less
+stops after the cheap stages (collect, hints) and says why. New failures are episode ids absent
+from the failures dataset of the newest registered version; new hints are active hints created
+after that version.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from r2w.config import R2WConfig
+from r2w.contracts import Episode, Hint
+from r2w.datasets import load_records
+
+
+class Novelty(BaseModel):
+    new_failures: int
+    new_hints: int
+    since_version: str | None = None
+
+    def worth_retraining(self, cfg: R2WConfig) -> bool:
+        c = cfg.cadence
+        if c.min_new_failures == 0 and c.min_new_hints == 0:
+            return True
+        return self.new_failures >= c.min_new_failures > 0 or self.new_hints >= c.min_new_hints > 0
+
+    def reason(self, cfg: R2WConfig) -> str:
+        return (
+            f"skipped: {self.new_failures} new failures (need {cfg.cadence.min_new_failures}) and "
+            f"{self.new_hints} new hints (need {cfg.cadence.min_new_hints}) since version "
+            f"{self.since_version or '-'}"
+        )
+
+
+def novelty_since_last_version(cfg: R2WConfig, client, failures: list[Episode], hints: list[Hint]) -> Novelty:
+    versions = client.search_model_versions(f"name='{cfg.registry.model_name}'")
+    if not versions:
+        return Novelty(new_failures=len(failures), new_hints=len(hints))
+    last = max(versions, key=lambda v: int(v.version))
+    seen: set[str] = set()
+    digest = last.tags.get("r2w.failures_dataset")
+    if digest:
+        folder = cfg.data_path / "datasets" / "failures" / digest[:16]
+        if folder.is_dir():
+            seen = {e.episode_id for e in load_records(folder, Episode)}
+    created = datetime.fromtimestamp(last.creation_timestamp / 1000, tz=UTC)
+    return Novelty(
+        new_failures=sum(e.episode_id not in seen for e in failures),
+        new_hints=sum(h.created_at > created for h in hints),
+        since_version=str(last.version),
+    )

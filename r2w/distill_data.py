@@ -1,0 +1,177 @@
+"""Distillation data: hint-free prompts and their proofs, leak checks, task-level splits, TRL row formats.
+
+Shared by the distill stage's three methods (tasks/distill.py); plain functions, no training imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+
+from rapidfuzz import fuzz
+
+from prompts.agent import BASE_SYSTEMS, HINTS_CLOSE, HINTS_OPEN, strip_hints_block
+from r2w.config import DistillConfig
+from r2w.contracts import DistillExample, Episode, Hint, Message, content_hash
+
+log = logging.getLogger(__name__)
+
+# Completions are game actions: any of these means the teacher talked about its hints instead of acting.
+HINT_REFERENCE = re.compile(
+    r"\bhints?\b|as suggested|as advised|as instructed|according to the|past attempts|as the tip",
+    re.IGNORECASE,
+)
+# partial_ratio of a very short hint against a long prompt matches by chance; short hints get the exact check only.
+FUZZY_MIN_CHARS = 20
+
+
+class PromptMismatchError(ValueError):
+    """A de-hinted teacher prompt is not the base agent's prompt: training on it would teach the wrong input."""
+
+
+def student_prompt(teacher_prompt: list[Message], hints_block: str) -> tuple[list[Message], int]:
+    """Remove the hints block and prove what is left is the base agent's prompt (returns prompt, 1 if removed)."""
+    prompt = strip_hints_block(teacher_prompt)
+    if any(HINTS_OPEN in m.content or HINTS_CLOSE in m.content for m in prompt):
+        raise PromptMismatchError("a hints marker survived strip_hints_block (block outside the system message?)")
+    system = [m for m in prompt if m.role == "system"]
+    base_system = system[0].content if len(system) == 1 else None
+    if base_system not in BASE_SYSTEMS:  # the action prompt, or the free-text answer prompt (reasoning_gym)
+        raise PromptMismatchError("de-hinted system message differs from the base agent's system prompt")
+    teacher_system = next(m.content for m in teacher_prompt if m.role == "system")
+    if teacher_system != base_system + hints_block:
+        raise PromptMismatchError("teacher system message is not the base system prompt plus its recorded hints block")
+    return prompt, int(teacher_system != base_system)
+
+
+def teacher_prompt(prompt: list[dict], hints_block: str) -> list[dict]:
+    """Inverse of student_prompt: the hints block back at the end of the system message, where the teacher had it."""
+    if not prompt or prompt[0].get("role") != "system":
+        raise PromptMismatchError("on-policy prompt does not start with the system message the hints block belongs to")
+    return [{**prompt[0], "content": prompt[0]["content"] + hints_block}, *prompt[1:]]
+
+
+def example_hash(prompt: list[Message], completion: str, rejected: str | None = None) -> str:
+    payload = {"prompt": [m.model_dump() for m in prompt], "completion": completion}
+    if rejected is not None:
+        payload["rejected"] = rejected
+    return content_hash(payload)[:16]
+
+
+def split_tasks(task_ids: list[str], fraction: float, seed: int) -> set[str]:
+    """A deterministic validation subset of whole tasks, so no task's states appear on both sides."""
+    if fraction <= 0 or len(task_ids) < 2:
+        return set()
+    n = min(len(task_ids) - 1, max(1, round(fraction * len(task_ids))))
+    ranked = sorted(task_ids, key=lambda t: content_hash({"seed": seed, "task_id": t}))
+    return set(ranked[:n])
+
+
+def prompt_hash(prompt: list[Message]) -> str:
+    return content_hash([m.model_dump() for m in prompt])
+
+
+def require_base_prompt(episode: Episode, index: int, prompt: list[Message]) -> None:
+    if any(HINTS_OPEN in m.content for m in prompt):
+        raise PromptMismatchError(
+            f"episode {episode.episode_id} step {index}: has a hints block, so it is not a base-agent episode"
+        )
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def normalised_hint_texts(hints: list[Hint]) -> list[str]:
+    return [t for t in (_normalise(h.text) for h in hints) if t]
+
+
+def prompt_leaks(prompt: list[Message], hint_texts: list[str], fuzzy_ratio: float) -> bool:
+    for message in prompt:
+        content = _normalise(message.content)
+        for hint in hint_texts:
+            if hint in content:
+                return True
+            if len(hint) >= FUZZY_MIN_CHARS and fuzz.partial_ratio(hint, content) >= fuzzy_ratio:
+                return True
+    return False
+
+
+def count_leaks(examples: list[DistillExample], hints: list[Hint], fuzzy_ratio: float) -> int:
+    """Independent re-check of the final training set: rows whose input carries hint text or whose
+    target refers to hints. The leakage gate reads this number, not the filter's drop counts."""
+    hint_texts = normalised_hint_texts(hints)
+    return sum(
+        prompt_leaks(e.prompt, hint_texts, fuzzy_ratio)
+        or bool(HINT_REFERENCE.search(e.completion))
+        or bool(e.rejected and HINT_REFERENCE.search(e.rejected))
+        for e in examples
+    )
+
+
+def finalise(
+    candidates: list[tuple[tuple, DistillExample]], cfg: DistillConfig, seed: int, counts: dict[str, int]
+) -> list[DistillExample]:
+    """Cap per task (best-ranked first), split whole tasks into train/validation, count both."""
+    by_task: dict[str, list[tuple[tuple, DistillExample]]] = defaultdict(list)
+    for key, example in candidates:
+        by_task[example.task_id].append((key, example))
+    kept = []
+    for task_id in sorted(by_task):
+        ranked = [e for _, e in sorted(by_task[task_id], key=lambda item: item[0])]
+        kept.extend(ranked[: cfg.max_examples_per_task])
+        counts["capped"] += max(0, len(ranked) - cfg.max_examples_per_task)
+    validation_tasks = split_tasks(sorted({e.task_id for e in kept}), cfg.validation_fraction, seed)
+    examples = [
+        e.model_copy(update={"split": "validation" if e.task_id in validation_tasks else "train"}) for e in kept
+    ]
+    counts["validation"] = sum(e.split == "validation" for e in examples)
+    counts["train"] = len(examples) - counts["validation"]
+    log.info("distill set: %s", counts)
+    return examples
+
+
+def to_sft_dataset(examples: list[DistillExample]):
+    """Conversational prompt/completion rows: TRL masks the prompt, so the loss is on the action only."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [m.model_dump() for m in e.prompt],
+                "completion": [{"role": "assistant", "content": e.completion}],
+            }
+            for e in examples
+        ]
+    )
+
+
+def to_dpo_dataset(pairs: list[DistillExample]):
+    """Conversational prompt/chosen/rejected rows."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [m.model_dump() for m in p.prompt],
+                "chosen": [{"role": "assistant", "content": p.completion}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
+            for p in pairs
+        ]
+    )
+
+
+def to_onpolicy_dataset(examples: list[DistillExample]):
+    """One row per distinct (hint-free state, hints block); states without hints carry no teacher signal."""
+    from datasets import Dataset
+
+    rows = {}
+    for e in examples:
+        if e.teacher_context:
+            prompt = [m.model_dump() for m in e.prompt]
+            rows.setdefault(content_hash([prompt, e.teacher_context]), {"prompt": prompt, "hints": e.teacher_context})
+    if not rows:
+        raise ValueError("no on-policy training state has a hints block: the teacher would equal the student")
+    return Dataset.from_list([{"prompt": r["prompt"], "privileged_context": r["hints"]} for r in rows.values()])

@@ -1,0 +1,471 @@
+"""Import failed episodes from where agents already log them: trace files and MLflow traces.
+
+Trace file schema: one episode per record, each record an `Episode` (r2w/contracts.py) as JSON.
+- JSONL (.jsonl/.json/.ndjson): one JSON object per line; blank lines are ignored; record N is line N.
+- Parquet (.parquet/.pq): either a `json` column holding that object as a string per row (what
+  r2w's own datasets store), or one column per Episode field (`steps` as a JSON string or a list
+  of structs); record N is row N (1-based).
+Required per record: episode_id, env, category, task_id, split, seed, task, created_at (ISO 8601,
+naive = UTC; the time window needs it). Everything else defaults as in `Episode`; unknown fields are
+errors. Only failures (`success` false) are kept; successes and records outside the window are
+counted and skipped.
+
+Any invalid record makes the whole import write nothing, unless the caller asks to skip invalid
+records (`--skip-invalid`); each error names the file, the record number and the field.
+
+MLflow traces: a trace is a failure when its state is ERROR or it carries a failing feedback
+assessment (`mlflow.log_feedback` with value False / 0 / "no" / "fail" ...). It becomes an Episode
+with the root span's inputs as the task (its `task`/`question`/`query`/`prompt`/`input` argument
+when it has one), one step per direct child span (inputs -> observation, outputs -> action; chat
+`messages` -> prompt), or one step from the trace's request/response when it has no children.
+
+Time windows are half-open, since <= created_at < until, on every source; rollouts always stamp
+episodes with the time they ran, so a window selects imported failures only.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from r2w.contracts import Episode, Message, Step, content_hash
+
+REQUIRED = ("episode_id", "env", "category", "task_id", "split", "seed", "task", "created_at")
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+TASK_KEYS = ("task", "question", "query", "prompt", "input", "instruction")
+FAILING_VALUES = {"no", "n", "false", "fail", "failed", "failure", "incorrect", "wrong", "bad", "0", "0.0"}
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """One bad record: where it is and what is wrong with which field."""
+
+    file: str
+    record: int  # 1-based line (JSONL) or row (Parquet); 0 = the file as a whole
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"record {self.record}" if self.record else "file"
+        return f"{self.file}: {where}: {self.field}: {self.message}"
+
+
+class TraceImportError(ValueError):
+    """Invalid records and no permission to skip them: nothing was imported."""
+
+    def __init__(self, errors: list[RecordError], shown: int = 20) -> None:
+        self.errors = errors
+        lines = [str(e) for e in errors[:shown]]
+        more = f"\n... and {len(errors) - shown} more" if len(errors) > shown else ""
+        super().__init__(
+            f"{len(errors)} invalid record(s); nothing imported (use --skip-invalid to import the valid ones):\n"
+            + "\n".join(lines)
+            + more
+        )
+
+
+@dataclass
+class ImportStats:
+    records: int = 0
+    failures: int = 0
+    skipped_success: int = 0
+    skipped_window: int = 0
+    invalid: int = 0
+    sources: list[str] = field(default_factory=list)
+
+    def add(self, other: ImportStats) -> None:
+        for name in ("records", "failures", "skipped_success", "skipped_window", "invalid"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.sources += other.sources
+
+
+def parse_when(text: str | datetime | None, name: str = "--since") -> datetime | None:
+    """ISO 8601 date or datetime; naive means UTC."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, datetime):
+        when = text
+    else:
+        try:
+            when = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{name} {text!r}: expected an ISO 8601 date or datetime, e.g. 2026-11-01T12:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def in_window(when: datetime, since: datetime | None, until: datetime | None) -> bool:
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return (since is None or when >= since) and (until is None or when < until)
+
+
+# ---------------------------------------------------------------- trace files
+
+
+def import_trace_file(
+    path: str | Path,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    skip_invalid: bool = False,
+    stats: ImportStats | None = None,
+) -> tuple[list[Episode], list[RecordError]]:
+    """Validate every record of a JSONL/Parquet trace file; return (failures in the window, errors).
+
+    With errors and skip_invalid=False the episode list is empty: the caller writes nothing.
+    """
+    path = Path(path)
+    since, until = parse_when(since, "--since"), parse_when(until, "--until")
+    stats = stats if stats is not None else ImportStats()
+    stats.sources.append(str(path))
+    name = str(path)
+    if not path.is_file():
+        return [], [RecordError(name, 0, "-", "no such file")]
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        raw_records, errors = _read_jsonl(path)
+    elif suffix in PARQUET_SUFFIXES:
+        raw_records, errors = _read_parquet(path)
+    else:
+        return [], [RecordError(name, 0, "-", f"unknown format {suffix!r} (expected .jsonl or .parquet)")]
+    if not raw_records and not errors:
+        errors.append(RecordError(name, 0, "-", "no records (empty file)"))
+    kept: list[Episode] = []
+    seen: dict[str, int] = {}
+    for number, raw in raw_records:
+        stats.records += 1
+        episode, problems = _validate(name, number, raw)
+        if episode is not None and episode.episode_id in seen:
+            problems = [RecordError(name, number, "episode_id", f"duplicate of record {seen[episode.episode_id]}")]
+        if problems:
+            errors.extend(problems)
+            continue
+        seen[episode.episode_id] = number
+        if episode.success:
+            stats.skipped_success += 1
+        elif not in_window(episode.created_at, since, until):
+            stats.skipped_window += 1
+        else:
+            kept.append(episode.model_copy(update={"source": "trace-file"}))
+    errors.sort(key=lambda e: e.record)
+    stats.invalid += len({e.record for e in errors})
+    if errors and not skip_invalid:
+        return [], errors
+    stats.failures += len(kept)
+    return kept, errors
+
+
+def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[RecordError]]:
+    name, records, errors = str(path), [], []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append(RecordError(name, number, "<record>", f"not valid UTF-8 (byte {exc.start}: {exc.reason})"))
+            continue
+        if not text.strip():
+            continue
+        try:
+            records.append((number, json.loads(text)))
+        except json.JSONDecodeError as exc:
+            errors.append(RecordError(name, number, "<record>", f"not valid JSON: {exc.msg} (column {exc.colno})"))
+    return records, errors
+
+
+def _read_parquet(path: Path) -> tuple[list[tuple[int, object]], list[RecordError]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = str(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        return [], [RecordError(name, 0, "-", f"not a readable Parquet file: {exc}")]
+    records: list[tuple[int, object]] = []
+    errors: list[RecordError] = []
+    if "json" in table.column_names:
+        for number, value in enumerate(table.column("json").to_pylist(), start=1):
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    errors.append(RecordError(name, number, "json", f"not valid JSON: {exc.msg} (column {exc.colno})"))
+                    continue
+            records.append((number, value))
+        return records, errors
+    for number, row in enumerate(table.to_pylist(), start=1):
+        if isinstance(row.get("steps"), str):
+            try:
+                row["steps"] = json.loads(row["steps"])
+            except json.JSONDecodeError as exc:
+                errors.append(RecordError(name, number, "steps", f"not valid JSON: {exc.msg}"))
+                continue
+        records.append((number, {k: v for k, v in row.items() if v is not None or k in REQUIRED}))
+    return records, errors
+
+
+def _validate(name: str, number: int, raw: object) -> tuple[Episode | None, list[RecordError]]:
+    if not isinstance(raw, dict):
+        return None, [RecordError(name, number, "<record>", f"expected a JSON object, got {type(raw).__name__}")]
+    errors = [
+        RecordError(name, number, key, "field required (the Episode schema; created_at drives --since/--until)")
+        for key in REQUIRED
+        if key not in raw
+    ]
+    try:
+        episode = Episode.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = _loc(err["loc"])
+            if err["type"] == "missing" and loc in REQUIRED:
+                continue  # already reported above
+            got = err.get("input")
+            detail = "" if isinstance(got, dict) else f" (got {type(got).__name__} {_short(got)})"
+            errors.append(RecordError(name, number, loc or "<record>", err["msg"] + detail))
+        return None, errors
+    return (None, errors) if errors else (episode, [])
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- MLflow traces
+
+
+def import_mlflow_traces(
+    tracking_uri: str,
+    experiment: str,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    stats: ImportStats | None = None,
+) -> list[Episode]:
+    """Failed traces (state ERROR, or a failing feedback assessment) of an experiment, as Episodes."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    since, until = parse_when(since, "--since"), parse_when(until, "--until")
+    stats = stats if stats is not None else ImportStats()
+    stats.sources.append(f"{tracking_uri}#{experiment}")
+    mlflow.flush_trace_async_logging()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"--experiment {experiment!r}: no such MLflow experiment at {tracking_uri}")
+    clauses = []
+    if since is not None:
+        clauses.append(f"trace.timestamp_ms >= {int(since.timestamp() * 1000)}")
+    if until is not None:
+        clauses.append(f"trace.timestamp_ms < {int(until.timestamp() * 1000)}")
+    # One windowed search without spans, then a Python predicate: a failing feedback may have any
+    # name and value type (False, 0, "no", "fail"), which one filter string cannot express.
+    picked, token = [], None
+    while True:
+        page = client.search_traces(
+            locations=[exp.experiment_id],
+            filter_string=" AND ".join(clauses) or None,
+            max_results=500,
+            order_by=["timestamp_ms ASC"],
+            page_token=token,
+            include_spans=False,
+        )
+        for trace in page:
+            stats.records += 1
+            if failure_reason(trace.info):
+                picked.append(trace.info.trace_id)
+            else:
+                stats.skipped_success += 1
+        token = page.token
+        if not token:
+            break
+    episodes = [trace_to_episode(client.get_trace(tid, display=False), experiment) for tid in picked]
+    stats.failures += len(episodes)
+    return episodes
+
+
+def failure_reason(info) -> str:
+    """Why a trace counts as a failure ('' when it does not)."""
+    reasons = []
+    if str(getattr(info, "state", "")).upper().endswith("ERROR"):
+        reasons.append("trace status ERROR")
+    for a in getattr(info, "assessments", None) or []:
+        if getattr(a, "feedback", None) is None or getattr(a, "valid", True) is False:
+            continue  # expectations, and feedback overridden by a later one
+        if is_failing_value(a.value):
+            why = f"feedback {a.name}={a.value!r}"
+            reasons.append(why + (f" ({a.rationale})" if a.rationale else ""))
+    return "; ".join(reasons)
+
+
+def is_failing_value(value: object) -> bool:
+    if isinstance(value, bool):
+        return value is False
+    if isinstance(value, int | float):
+        return value == 0
+    if isinstance(value, str):
+        return value.strip().lower() in FAILING_VALUES
+    return False
+
+
+def trace_to_episode(trace, experiment: str) -> Episode:
+    info, spans = trace.info, list(trace.data.spans)
+    root = next((s for s in spans if s.parent_id is None), None)
+    children = [s for s in spans if root is not None and s.parent_id == root.span_id]
+    children.sort(key=lambda s: s.start_time_ns)
+    task = _task_text(root.inputs if root is not None else trace.data.request)
+    steps = [_span_step(i, s) for i, s in enumerate(children)]
+    if not steps:
+        response = _as_text(root.outputs if root is not None else trace.data.response)
+        steps = [Step(index=0, observation=task, valid_actions=[], prompt=[], response=response, action=response)]
+    error = ""
+    if root is not None and root.status.description:
+        error = root.status.description
+    reason = failure_reason(info)
+    name = (info.tags or {}).get("mlflow.traceName") or (root.name if root is not None else "trace")
+    metadata = info.trace_metadata or {}
+    return Episode(
+        episode_id="mt-" + content_hash(info.trace_id)[:16],
+        env="mlflow",
+        category=name,
+        task_id=f"mlflow/{experiment}/{info.trace_id}",
+        split="train",
+        seed=0,
+        task=task,
+        steps=steps,
+        success=False,
+        outcome="; ".join(x for x in (reason, error) if x),
+        policy="mlflow-trace",
+        model=str(metadata.get("mlflow.modelId", "")),
+        wall_time_s=round((info.execution_duration or 0) / 1000, 3),
+        created_at=datetime.fromtimestamp(info.request_time / 1000, UTC),
+        source="mlflow-trace",
+    )
+
+
+def _span_step(index: int, span) -> Step:
+    inputs = span.inputs
+    prompt: list[Message] = []
+    if isinstance(inputs, dict) and isinstance(inputs.get("messages"), list):
+        for m in inputs["messages"]:
+            if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant"):
+                prompt.append(Message(role=m["role"], content=str(m.get("content", ""))))
+    usage = (span.attributes or {}).get("mlflow.chat.tokenUsage") or {}
+    response = _as_text(span.outputs)
+    return Step(
+        index=index,
+        observation=_as_text(inputs),
+        valid_actions=[],
+        prompt=prompt,
+        response=response,
+        action=response,
+        prompt_tokens=int(usage.get("input_tokens", 0) or 0) if isinstance(usage, dict) else 0,
+        completion_tokens=int(usage.get("output_tokens", 0) or 0) if isinstance(usage, dict) else 0,
+    )
+
+
+def _task_text(inputs: object) -> str:
+    """The root span's task: a conventional argument (task, question, query, prompt, input) or all inputs."""
+    if isinstance(inputs, dict):
+        for key in TASK_KEYS:
+            if isinstance(inputs.get(key), str):
+                return inputs[key]
+    return _as_text(inputs)
+
+
+def _as_text(value: object) -> str:
+    """Span inputs/outputs as text: a lone string argument as is, anything else as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), str):
+        return next(iter(value.values()))
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# ---------------------------------------------------------------- storing + lineage
+
+
+def log_dataset_input(client, run_id: str, ref, episodes: list[Episode], context: str = "failures") -> None:
+    """Record a stored episodes dataset as an MLflow dataset input of the run (name, digest, schema, source)."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    df = pd.DataFrame(
+        [
+            {
+                "episode_id": e.episode_id,
+                "env": e.env,
+                "category": e.category,
+                "task_id": e.task_id,
+                "success": e.success,
+                "outcome": e.outcome,
+                "policy": e.policy,
+                "model": e.model,
+                "source": e.source,
+                "steps": len(e.steps),
+                "created_at": e.created_at.isoformat(),
+            }
+            for e in episodes
+        ],
+        columns=["episode_id", "env", "category", "task_id", "success", "outcome", "policy", "model", "source"]
+        + ["steps", "created_at"],
+    )
+    source = str(Path(ref.path).resolve() / "data.parquet")
+    with warnings.catch_warnings():  # MLflow registers the local source class twice and warns on int columns
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(df, source=source, name=f"{ref.kind}-{ref.short}", digest=ref.hash[:36])
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+
+
+def save_imported(
+    cfg,
+    episodes: list[Episode],
+    stats: ImportStats,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    run_name: str = "collect-import",
+):
+    """Store imported failures as a 'failures' dataset version and log it as an input of a new MLflow run.
+
+    Returns (DatasetRef, run_id). The window and the sources go into the dataset manifest, so a
+    backfill of the same window over the same traces yields the same content hash.
+    """
+    from r2w.datasets import save_records
+    from r2w.tracking import client_for, log_metrics, log_params, start_run
+
+    since, until = parse_when(since, "--since"), parse_when(until, "--until")
+    window = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
+    meta = {"sources": stats.sources, "window": window, "imported": True}
+    ref = save_records(episodes, Path(cfg.data_path) / "datasets", "failures", meta)
+    client = client_for(cfg)
+    run_id = start_run(client, cfg, run_name, tags={"r2w.stage": "collect", "r2w.failures_dataset": ref.hash})
+    log_params(client, run_id, {"sources": ",".join(stats.sources)[:500], **window})
+    log_metrics(
+        client,
+        run_id,
+        {
+            "collect.records": stats.records,
+            "collect.failures": stats.failures,
+            "collect.skipped_success": stats.skipped_success,
+            "collect.skipped_window": stats.skipped_window,
+            "collect.invalid": stats.invalid,
+        },
+    )
+    log_dataset_input(client, run_id, ref, episodes)
+    client.set_terminated(run_id)
+    return ref, run_id
