@@ -1,16 +1,43 @@
 """Forgetting gates: every check recorded with its value, threshold and verdict.
 
 A student passes only if every check passes; the reasons name each failing check.
+
+The verdict of every numeric check comes from MLflow's own threshold validation
+(`mlflow.validate_evaluation_results` with one `MetricThreshold` per check, candidate metrics
+= the student's values): it fits because our thresholds are absolute. Its baseline-relative
+mode (`min_absolute_change`) is not used: the student-minus-base gaps are computed here from
+paired runs on the same seeds, and MLflow's single exception for all failures is split back
+into one GateCheck per metric by validating each metric on its own.
 """
 
 from __future__ import annotations
+
+import logging
 
 from r2w.config import GateConfig
 from r2w.contracts import GateCheck, GateReport, PolicyScore
 
 
+def _mlflow_passes(name: str, value: float, threshold: float, comparison: str) -> bool:
+    """MLflow's verdict for value against an absolute threshold (>= when greater is better, else <=)."""
+    from mlflow import validate_evaluation_results
+    from mlflow.models import MetricThreshold
+    from mlflow.models.evaluation import EvaluationResult
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    logging.getLogger("mlflow.models.evaluation.validation").setLevel(logging.WARNING)  # one INFO per check
+    rule = MetricThreshold(threshold=float(threshold), greater_is_better=comparison == ">=")
+    try:
+        validate_evaluation_results({name: rule}, EvaluationResult(metrics={name: float(value)}, artifacts={}))
+    except ModelValidationFailedException:
+        return False
+    return True
+
+
 def _check(name: str, value: float, threshold: float, comparison: str, detail: str = "") -> GateCheck:
-    passed = value >= threshold if comparison == ">=" else value <= threshold
+    if comparison not in (">=", "<="):
+        raise ValueError(f"gate check {name}: comparison must be '>=' or '<=', got {comparison!r}")
+    passed = _mlflow_passes(name, value, threshold, comparison)
     return GateCheck(
         name=name, value=round(value, 6), threshold=threshold, comparison=comparison, passed=passed, detail=detail
     )
@@ -49,6 +76,14 @@ def apply_gates(
             f"student {student.rate:.3f} / teacher {teacher.rate:.3f}",
         ),
         _check("kl_to_base", retention.get("kl_base_student", 0.0), policy.max_kl, "<=", "nats/token, general prompts"),
+        _check(
+            "perplexity_drift",
+            retention.get("ppl_drift", 0.0),
+            policy.max_perplexity_drift,
+            "<=",
+            f"student/base perplexity - 1 on general prose (base {retention.get('ppl_base', float('nan')):.2f}, "
+            f"student {retention.get('ppl_student', float('nan')):.2f})",
+        ),
         _check(
             "leakage",
             float(leakage.get("leak_remaining", 0)),

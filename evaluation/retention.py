@@ -2,7 +2,13 @@
 
 - KL(base || student) of next-token distributions on fixed general prompts shipped in the repo.
 - Mean log-likelihood of the gold action on game types the training never touched
-  (a drop means the student got worse at something it was not trained on).
+  (a drop means the student got worse at something it was not trained on), and of the
+  reference answer on reasoning-gym families the training never touched.
+- Perplexity drift on general English prose available offline: by default the paragraphs of
+  Jules and Michel Verne's "In the Year 2889" (Project Gutenberg eBook #19362, public domain),
+  which reasoning-gym ships as `reasoning_gym/data/in_the_year_2889.txt` for its text tasks.
+  (Families such as letter_counting quote sentences from it: do not train on those and read
+  the drift as "general text".)
 """
 
 from __future__ import annotations
@@ -39,6 +45,53 @@ def load_general_prompts(path: str | Path) -> list[str]:
     return [ln for ln in lines if ln]
 
 
+def load_general_passages(source: str, n: int, min_chars: int = 200) -> list[str]:
+    """The first n prose paragraphs (>= min_chars) of a text: `reasoning_gym:<file>` or a path.
+
+    A Project Gutenberg header/footer is cut at its `*** START OF` / `*** END OF` lines, and
+    the paragraph's hard line breaks are joined, so every passage is running English prose.
+    """
+    if source.startswith("reasoning_gym:"):
+        from reasoning_gym.data import get_data_file_path
+
+        path = Path(str(get_data_file_path(source.split(":", 1)[1])))
+    else:
+        path = Path(source)
+        if not path.is_absolute():
+            path = Path(__file__).resolve().parent.parent / path
+    if not path.is_file():
+        raise ValueError(f"evaluate.general_text: {source!r} -> {path} is not a file")
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find("*** START OF"), text.find("*** END OF")
+    if start >= 0:
+        text = text[text.find("\n", start) + 1 : end if end > start else None]
+    paragraphs = [" ".join(block.split()) for block in text.split("\n\n")]
+    passages = [p for p in paragraphs if len(p) >= min_chars and not p.startswith("[")]
+    if len(passages) < n:
+        raise ValueError(
+            f"evaluate.general_passages: {source!r} has {len(passages)} paragraphs of >= {min_chars} chars, "
+            f"asked for {n}"
+        )
+    return passages[:n]
+
+
+@torch.inference_mode()
+def mean_nll(model, tokenizer, texts: list[str], max_tokens: int) -> float:
+    """Token-averaged negative log-likelihood (nats) of each text's first max_tokens tokens."""
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :max_tokens]
+        if ids.shape[1] < 2:
+            continue
+        logp = F.log_softmax(model(input_ids=ids).logits.float()[0, :-1], dim=-1)
+        token_lp = logp.gather(-1, ids[0, 1:, None])[:, 0]
+        total -= token_lp.sum().item()
+        count += token_lp.numel()
+    if not count:
+        raise ValueError("perplexity: no passage has 2 or more tokens")
+    return total / count
+
+
 def collect_gold_decisions(
     factory: EnvironmentFactory, n_tasks: int, history: int = 3
 ) -> list[tuple[list[Message], str]]:
@@ -50,7 +103,7 @@ def collect_gold_decisions(
             text, obs = env.reset(task)
             past: list[tuple[str, str]] = []
             for action in env.gold_actions():
-                if action not in obs.valid_actions:
+                if obs.valid_actions and action not in obs.valid_actions:  # free-text tasks list none
                     break
                 recent = past[-history:] if history else []
                 pairs.append((build_messages(text, obs.text, obs.valid_actions, recent), action))

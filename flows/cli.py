@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from r2w.config import ConfigError, R2WConfig, load_config
+from r2w.config import ConfigError, R2WConfig, load_config, merge_overrides
 from r2w.runtime import configure_environment
 
 app = typer.Typer(help="r2w: move an agent's retrieved lessons (hints) into its weights.", no_args_is_help=True)
@@ -92,7 +92,7 @@ def run(
         except RuntimeError as exc:
             _fail(str(exc))
         os.environ.update(env)  # before prefect is imported
-        overrides = {**stack_cfg, **overrides}
+        overrides = merge_overrides(stack_cfg, overrides)
     from flows.retrain import retrain
     from r2w.models import ModelNotFoundError
 
@@ -200,6 +200,31 @@ def evaluate_cmd(
         console.print(f"  - {reason}")
 
 
+@app.command("backfill")
+def backfill_cmd(
+    since: str = typer.Option(..., "--since", help="ISO start of the window (inclusive)"),
+    until: str = typer.Option(..., "--until", help="ISO end of the window (exclusive)"),
+    chunk_hours: float = typer.Option(24.0, "--chunk-hours", help="one retrain subflow per chunk"),
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Re-collect failures of a past window (trace source) and run the pipeline per chunk; done chunks are skipped."""
+    try:
+        cfg = _load(config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from flows.backfill import backfill
+
+    overrides = {**_parse_sets(set_), "data_dir": str(cfg.data_path)}
+    try:
+        results = backfill(since, until, chunk_hours, config=config, overrides=overrides)
+    except ValueError as exc:
+        _fail(str(exc))
+    for r in results:
+        extra = f"version {r.registered_version}" if r.registered_version else "; ".join(r.reasons) or "-"
+        console.print(f"{r.since} .. {r.until}: {r.status} (run {r.mlflow_run_id}) {extra}")
+
+
 @app.command()
 def promote(
     version: str = typer.Argument(..., help="registered version to make champion"),
@@ -295,8 +320,11 @@ def stack_down(config: str = ConfigOpt) -> None:
     console.print(f"stopped: {', '.join(down(cfg.data_path)) or 'nothing'}")
 
 
-def _store(config: str):
-    cfg = _load(config)
+def _store(config: str, sets: list[str] | None = None):
+    try:
+        cfg = _load(config, sets)
+    except ConfigError as exc:
+        _fail(str(exc))
     from r2w.hintstore import HintStore
 
     return HintStore(cfg.hints, cfg.data_path)
@@ -307,36 +335,38 @@ def hints_list(
     config: str = ConfigOpt,
     category: str | None = typer.Option(None),
     status_: str | None = typer.Option(None, "--status"),
+    set_: list[str] = SetOpt,
 ) -> None:
     """List stored hints (id, category, status, support, text)."""
     table = Table()
     for col in ("id", "category", "status", "support", "source", "hint"):
         table.add_column(col)
-    for h in _store(config).list(category=category, status=status_):
+    for h in _store(config, set_).list(category=category, status=status_):
         table.add_row(h.hint_id, h.category, h.status, str(h.support), h.source, f"{h.applicability}: {h.text}")
     console.print(table)
 
 
 @hints_app.command("show")
-def hints_show(hint_id: str, config: str = ConfigOpt) -> None:
+def hints_show(hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Show one hint with its provenance."""
+    store = _store(config, set_)
     try:
-        console.print_json(_store(config).get(hint_id).model_dump_json())
+        console.print_json(store.get(hint_id).model_dump_json())
     except KeyError as exc:
         _fail(str(exc))
 
 
 @hints_app.command("disable")
-def hints_disable(hint_id: str, config: str = ConfigOpt) -> None:
+def hints_disable(hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Stop retrieving a hint (kept for audit)."""
-    _store(config).set_status(hint_id, "disabled")
+    _set_status(_store(config, set_), hint_id, "disabled")
     console.print(f"{hint_id} disabled")
 
 
 @hints_app.command("enable")
-def hints_enable(hint_id: str, config: str = ConfigOpt) -> None:
+def hints_enable(hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Retrieve a disabled hint again."""
-    _store(config).set_status(hint_id, "active")
+    _set_status(_store(config, set_), hint_id, "active")
     console.print(f"{hint_id} enabled")
 
 
@@ -346,29 +376,117 @@ def hints_edit(
     text: str = typer.Option(..., help="new hint text"),
     when: str | None = typer.Option(None, help="new applicability condition"),
     config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
-    """Rewrite a hint's text (and condition)."""
-    _store(config).update_text(hint_id, text, when)
+    """Rewrite a hint's text (and condition); the id stays, so episodes citing it still resolve."""
+    store = _store(config, set_)
+    try:
+        store.update_text(hint_id, text, when)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
     console.print(f"{hint_id} updated")
 
 
+def _set_status(store, hint_id: str, status: str) -> None:
+    try:
+        store.set_status(hint_id, status)
+    except KeyError as exc:
+        _fail(str(exc).strip("'\""))
+
+
 @hints_app.command("export")
-def hints_export(path: Path, config: str = ConfigOpt) -> None:
+def hints_export(path: Path, config: str = ConfigOpt, set_: list[str] = SetOpt) -> None:
     """Write every hint to a JSONL file (to carry memory to another deployment or base model)."""
-    n = _store(config).export_jsonl(path)
+    n = _store(config, set_).export_jsonl(path)
     console.print(f"exported {n} hints to {path}")
 
 
 @hints_app.command("import")
 def hints_import(
-    path: Path, config: str = ConfigOpt, label: str | None = typer.Option(None, help="source label, e.g. curated")
+    path: Path,
+    config: str = ConfigOpt,
+    label: str | None = typer.Option(None, help="source label, e.g. curated"),
+    set_: list[str] = SetOpt,
 ) -> None:
     """Import hints from JSONL (validated; nothing is stored if any line is bad)."""
+    store = _store(config, set_)
     try:
-        result = _store(config).import_jsonl(path, source_label=label)
-    except ValueError as exc:
+        result = store.import_jsonl(path, source_label=label)
+    except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     console.print(f"imported from {path}: {result}")
+
+
+@hints_app.command("optimize")
+def hints_optimize(
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+    tasks: int = typer.Option(2, "--tasks", min=1, help="training tasks per category the metric plays"),
+    samples: int = typer.Option(1, "--samples", min=1, help="teacher samples per task and side (with/without)"),
+    max_failures: int | None = typer.Option(None, "--max-failures", min=1, help="default hints.max_failures"),
+    max_demos: int = typer.Option(2, "--max-demos", min=1, help="few-shot demos kept at most"),
+    failures: Path | None = typer.Option(None, "--failures", help="a failures dataset folder (default: newest)"),
+) -> None:
+    """Compile the extractor with DSPy BootstrapFewShot against the teacher's success uplift (costly).
+
+    Each new hint text costs tasks x samples teacher episodes (see prompts/optimize.py).
+    """
+    try:
+        cfg = _load(config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from r2w.runtime import set_torch_threads
+
+    set_torch_threads(cfg.runtime.torch_threads)
+    from prompts.optimize import compile_extractor
+    from r2w.backends import make_backend
+    from r2w.backends.dspy_lm import make_extractor_lm
+    from r2w.contracts import Episode
+    from r2w.datasets import load_records
+    from r2w.models import ModelNotFoundError, resolve_model
+
+    try:
+        base_path = resolve_model(cfg.models.base, cfg.data_path)
+        base = make_backend(cfg.models.backend, base_path, dtype=cfg.models.dtype, seed=cfg.runtime.seed)
+        teacher = base
+        if cfg.models.teacher or cfg.models.teacher_url:
+            teacher = make_backend(
+                cfg.models.backend,
+                resolve_model(cfg.models.teacher or cfg.models.base, cfg.data_path),
+                dtype=cfg.models.dtype,
+                url=cfg.models.teacher_url,
+                seed=cfg.runtime.seed,
+            )
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    if failures is None:
+        root = cfg.data_path / "datasets" / "failures"
+        found = sorted(root.glob("*/data.parquet"), key=lambda p: p.stat().st_mtime)
+        if found:
+            failures = found[-1].parent
+        else:  # nothing collected yet: play collect.episodes training games with the base agent
+            from tasks.collect import collect_failures
+
+            failures = Path(collect_failures(cfg, base).failures.path)
+    if not (failures / "manifest.json").is_file():
+        _fail(f"--failures {failures}: not a dataset folder (no manifest.json)")
+    try:
+        episodes = load_records(failures, Episode)
+    except ValueError as exc:
+        _fail(str(exc))
+    lm = make_extractor_lm(cfg.hints.extractor, base, model_name=Path(base_path).name)
+    try:
+        result = compile_extractor(
+            cfg, episodes, lm, teacher, tasks=tasks, samples=samples, max_failures=max_failures, max_demos=max_demos
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    for call in result.calls:
+        console.print(f"uplift {call.uplift:+.3f}  {call.category}  {' | '.join(call.hints) or '(no valid hints)'}")
+    console.print(
+        f"{result.training_failures} failures, {result.episodes_played} teacher episodes, {result.demos} demos kept"
+    )
+    console.print(f"compiled extractor: {result.path}\nuse it: --set hints.extractor.program={result.path}")
 
 
 SinceOpt = typer.Option(None, "--since", help="ISO 8601 start (inclusive, naive = UTC), e.g. 2026-11-01")
@@ -421,6 +539,23 @@ def collect_mlflow(
     except ValueError as exc:
         _fail(str(exc))
     _report_import(cfg, episodes, stats, since, until, "collect-mlflow")
+
+
+@collect_app.command("parallel")
+def collect_parallel(
+    shards: int = typer.Option(2, help="Dask worker processes (one shard of the training games each)"),
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Roll the base agent out on the training games in parallel through Prefect's Dask task runner."""
+    cfg = _load(config, set_)
+    from flows.parallel_collect import run_parallel_collect
+
+    out = run_parallel_collect(config, {**_parse_sets(set_), "data_dir": str(cfg.data_path)}, shards)
+    console.print(
+        f"{out['episodes']['rows']} episodes ({out['failures']['rows']} failures) from workers {out['worker_pids']}:"
+        f" {out['failures']['path']}"
+    )
 
 
 def _report_import(cfg: R2WConfig, episodes, stats, since, until, run_name: str) -> None:

@@ -100,7 +100,7 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
     from r2w.backends.dspy_lm import make_extractor_lm
     from r2w.hintstore import HintStore
     from r2w.traces import log_dataset_input
-    from tasks.collect import collect_task
+    from tasks.collect import collect_task, source_fingerprint
     from tasks.distill import build_examples_task, resolve_student_base, train_task
     from tasks.gate import evaluate_task, gate_task
     from tasks.hints import hints_task
@@ -128,12 +128,19 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
         )
 
     # 1. collect failures of the base agent
-    collected = run_stage(summary, "collect", collect_task, cfg, base)
+    collected = run_stage(summary, "collect", collect_task, cfg, base, "base", source_fingerprint(cfg))
+    if cfg.collect.since or cfg.collect.until:
+        client.set_tag(run_id, "r2w.window", f"{cfg.collect.since or ''}/{cfg.collect.until or ''}")
     failures = load_records(collected.failures, Episode)
     summary.episodes, summary.failures = collected.n_episodes, collected.n_failures
     lineage["failures_dataset"] = collected.failures.hash
     log_dataset_input(client, run_id, collected.failures, failures)  # lineage: the run's input, by content hash
     log.info("collected %d episodes, %d failures", collected.n_episodes, collected.n_failures)
+    if not failures:
+        window = (
+            f" in {cfg.collect.since or '-'}..{cfg.collect.until or '-'}" if cfg.collect.source != "rollout" else ""
+        )
+        return _stop(client, run_id, summary, f"skipped: no failures{window}, nothing to learn", tag="skipped")
 
     # 2. extract hints into auditable memory
     store = HintStore(cfg.hints, cfg.data_path)

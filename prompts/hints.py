@@ -122,13 +122,15 @@ def extract_hints(
     extractor_id: str,
     run_id: str,
     gold_actions: dict[str, list[str]] | None = None,
+    module: dspy.Module | None = None,
 ) -> tuple[list[Hint], dict[str, int]]:
     """Run the extractor on each failed episode; return valid Hints and rejection counts by reason.
 
     An LM answer DSPy cannot parse at all counts once as "unparseable" for that episode; other
     rejections are counted per line. LM transport/server errors propagate (the stage should retry).
+    `module` is a compiled extractor (prompts/optimize.py); default the plain signature.
     """
-    module = HintExtractor()
+    module = module or HintExtractor()
     hints: list[Hint] = []
     rejected: Counter[str] = Counter()
     for episode in (e for e in episodes if not e.success):

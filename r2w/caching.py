@@ -49,3 +49,18 @@ def stage_cache(*sections: str, ignore: tuple[str, ...] = ()) -> CachePolicy:
         return content_hash({n: _fingerprint(v, sections) for n, v in parameters.items() if n not in ignore})
 
     return CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE
+
+
+TRANSIENT = (OSError, ConnectionError, TimeoutError, MemoryError)
+
+
+def retry_transient(_task, _task_run, state) -> bool:
+    """Retry only what can succeed on a second try (I/O, servers not ready, memory pressure);
+    a bug or bad input fails at once instead of burning retries."""
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not worth retrying
+        return False
+    return False

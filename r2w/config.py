@@ -66,8 +66,25 @@ class AgentConfig(Section):
 
 
 class CollectConfig(Section):
-    episodes: int = Field(16, ge=1)
+    source: Literal["rollout", "traces", "mlflow"] = Field(
+        "rollout", description="rollout: play the env; traces: JSONL/Parquet files; mlflow: failed MLflow traces"
+    )
+    episodes: int = Field(16, ge=1, description="rollout: training games played by the base agent")
     temperature: float = Field(0.0, ge=0.0)
+    trace_paths: list[str] = Field(default_factory=list, description="traces: files to import")
+    mlflow_experiment: str | None = Field(None, description="mlflow: experiment holding the agent's traces")
+    mlflow_tracking_uri: str | None = Field(None, description="mlflow: defaults to registry.tracking_uri")
+    since: str | None = Field(None, description="ISO start of the window (inclusive) for imported failures")
+    until: str | None = Field(None, description="ISO end of the window (exclusive)")
+    skip_invalid: bool = Field(False, description="import the valid records of a trace file with errors")
+
+    @model_validator(mode="after")
+    def _source(self) -> CollectConfig:
+        if self.source == "traces" and not self.trace_paths:
+            raise ValueError("collect.trace_paths: required when collect.source is 'traces'")
+        if self.source == "mlflow" and not self.mlflow_experiment:
+            raise ValueError("collect.mlflow_experiment: required when collect.source is 'mlflow'")
+        return self
 
 
 class ExtractorConfig(Section):
@@ -75,6 +92,9 @@ class ExtractorConfig(Section):
     url: str | None = None
     model: str | None = None
     max_tokens: int = Field(160, ge=16)
+    program: str | None = Field(
+        None, description="compiled extractor JSON from `r2w hints optimize` (path); null = the plain signature"
+    )
 
 
 class HintsConfig(Section):
@@ -153,7 +173,17 @@ class EvaluateConfig(Section):
     retention_games: list[str] = Field(default_factory=lambda: ["coin"], description="TWX games never trained on")
     retention_params: str = ""
     retention_tasks: int = Field(8, ge=1)
+    retention_families: list[str] = Field(
+        default_factory=lambda: ["leg_counting"],
+        description="reasoning_gym families never trained on: log-lik of the reference answer",
+    )
     kl_prompts: str = "configs/retention/general_prompts.txt"
+    general_text: str = Field(
+        "reasoning_gym:in_the_year_2889.txt",
+        description="offline English prose for perplexity drift: 'reasoning_gym:<data file>' or a path",
+    )
+    general_passages: int = Field(40, ge=1)
+    general_max_tokens: int = Field(128, ge=2, description="tokens scored per passage")
 
 
 class GateConfig(Section):
@@ -165,6 +195,9 @@ class GateConfig(Section):
     max_kl: float = Field(0.5, ge=0)
     max_leakage: int = Field(0, ge=0)
     max_retention_drop: float = Field(0.1, ge=0, description="drop in gold-action mean log-lik (nats/token)")
+    max_perplexity_drift: float = Field(
+        0.05, ge=0, description="student/base perplexity - 1 on general prose (0.05 = 5% worse)"
+    )
 
 
 class CadenceConfig(Section):
@@ -200,6 +233,9 @@ class R2WConfig(Section):
     def _resolve(self) -> R2WConfig:
         if self.evaluate.test_episodes < 2:
             raise ValueError("evaluate.test_episodes must be >= 2 to report an interval")
+        seen = set(self.evaluate.retention_families) & set(self.env.families)
+        if self.env.name == "reasoning_gym" and seen:
+            raise ValueError(f"evaluate.retention_families: {sorted(seen)} are trained on (env.families), not held out")
         return self
 
     @property
@@ -239,6 +275,17 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+
+
+def merge_overrides(base: dict | None, extra: dict) -> dict:
+    """Deep-merge two override dicts (extra wins), so nested sections are extended, not replaced."""
+    out = dict(base or {})
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_overrides(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

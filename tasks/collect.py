@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from evaluation.environments import make_environment
 from r2w.backends import GenerationBackend, SamplingParams
-from r2w.caching import stage_cache
+from r2w.caching import retry_transient, stage_cache
 from r2w.config import R2WConfig
 from r2w.datasets import DatasetRef, save_records
 from r2w.rollout import LLMPolicy, run_episodes
@@ -45,7 +45,16 @@ def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperat
     )
 
 
-def collect_failures(cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base") -> CollectResult:
+def collect_failures(
+    cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base", sources: str = ""
+) -> CollectResult:
+    """Failures of the base agent: rolled out now, or imported from traces in a time window.
+
+    `sources` is the content fingerprint of imported sources (see `source_fingerprint`): it only
+    enters the cache key, so new traces in the same window are collected again.
+    """
+    if cfg.collect.source != "rollout":
+        return import_failures(cfg)
     factory = make_environment(cfg.env)
     tasks = factory.tasks("train", cfg.collect.episodes)
     policy = agent_policy(cfg, backend, policy_name, cfg.collect.temperature)
@@ -69,10 +78,50 @@ def collect_failures(cfg: R2WConfig, backend: GenerationBackend, policy_name: st
     )
 
 
+def import_failures(cfg: R2WConfig) -> CollectResult:
+    """Failures from trace files or MLflow traces within [collect.since, collect.until)."""
+    from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, import_trace_file
+
+    c = cfg.collect
+    stats, episodes, errors = ImportStats(), [], []
+    if c.source == "traces":
+        for path in c.trace_paths:
+            got, errs = import_trace_file(path, c.since, c.until, skip_invalid=c.skip_invalid, stats=stats)
+            episodes += got
+            errors += errs
+        if errors and not c.skip_invalid:
+            raise TraceImportError(errors)
+    else:
+        uri = c.mlflow_tracking_uri or cfg.tracking_uri
+        episodes = import_mlflow_traces(uri, c.mlflow_experiment, c.since, c.until, stats=stats)
+    root = Path(cfg.data_path) / "datasets"
+    meta = {"sources": stats.sources, "window": [c.since, c.until], "invalid_skipped": stats.invalid}
+    ref = save_records(episodes, root, "failures", meta)
+    return CollectResult(episodes=ref, failures=ref, n_episodes=stats.records, n_failures=len(episodes))
+
+
+def source_fingerprint(cfg: R2WConfig) -> str:
+    """Content identity of imported sources: file hashes; an open-ended MLflow window never caches."""
+    import hashlib
+
+    from r2w.contracts import utcnow
+
+    c = cfg.collect
+    if c.source == "traces":
+        return ",".join(
+            hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] if Path(p).is_file() else f"missing:{p}"
+            for p in c.trace_paths
+        )
+    if c.source == "mlflow":
+        return f"until:{c.until}" if c.until else f"now:{utcnow().isoformat()}"
+    return ""
+
+
 collect_task = task(
     name="collect-failures",
     cache_policy=stage_cache("models", "env", "agent", "collect", "runtime"),
     persist_result=True,
     retries=2,
     retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
 )(collect_failures)

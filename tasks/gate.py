@@ -19,11 +19,13 @@ from evaluation.metrics import paired_counts, score_episodes
 from evaluation.report import render_markdown, render_plot
 from evaluation.retention import (
     collect_gold_decisions,
+    load_general_passages,
     load_general_prompts,
     mean_action_loglik,
     mean_kl,
+    mean_nll,
 )
-from r2w.caching import stage_cache
+from r2w.caching import retry_transient, stage_cache
 from r2w.config import EnvConfig, R2WConfig
 from r2w.contracts import GateReport, PolicyScore
 from r2w.datasets import DatasetRef, save_records
@@ -82,24 +84,34 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
 
 
 def measure_retention(cfg: R2WConfig, base_backend, student_backend) -> dict[str, float]:
-    """KL to the base on general prompts, and gold-action log-lik on never-trained game types."""
+    """KL to the base on general prompts, perplexity drift on general prose, and gold-answer log-lik on
+    never-trained TWX games (`drop:<game>`) and reasoning-gym families (`drop:rg:<family>`)."""
+    import math
+
     tok = base_backend.tokenizer
     base_model = logits_model(base_backend, cfg.models.dtype)
-    out = {
-        "kl_base_student": mean_kl(
-            base_model, student_backend.model, tok, load_general_prompts(cfg.evaluate.kl_prompts)
-        )
-    }
-    for game in cfg.evaluate.retention_games:
-        factory = make_environment(EnvConfig(name="twx", game=game, params=cfg.evaluate.retention_params))
-        pairs = collect_gold_decisions(factory, cfg.evaluate.retention_tasks, cfg.agent.history)
+    student_model = logits_model(student_backend, cfg.models.dtype)
+    ev = cfg.evaluate
+    out = {"kl_base_student": mean_kl(base_model, student_model, tok, load_general_prompts(ev.kl_prompts))}
+    passages = load_general_passages(ev.general_text, ev.general_passages)
+    ppl_base = math.exp(mean_nll(base_model, tok, passages, ev.general_max_tokens))
+    ppl_student = math.exp(mean_nll(student_model, tok, passages, ev.general_max_tokens))
+    out.update(ppl_base=ppl_base, ppl_student=ppl_student, ppl_drift=ppl_student / ppl_base - 1.0)
+    suites = [(game, EnvConfig(name="twx", game=game, params=ev.retention_params)) for game in ev.retention_games]
+    suites += [(f"rg:{family}", EnvConfig(name="reasoning_gym", families=[family])) for family in ev.retention_families]
+    for key, env_cfg in suites:
+        try:
+            factory = make_environment(env_cfg)
+        except ValueError as exc:  # name the field the user wrote, not the adapter's own
+            field = "retention_families" if key.startswith("rg:") else "retention_games"
+            raise ValueError(f"evaluate.{field}: {key}: {exc}") from None
+        pairs = collect_gold_decisions(factory, ev.retention_tasks, cfg.agent.history)
         base_ll = mean_action_loglik(base_model, tok, pairs)
-        student_ll = mean_action_loglik(student_backend.model, tok, pairs)
-        out[f"loglik_base:{game}"] = base_ll
-        out[f"loglik_student:{game}"] = student_ll
-        out[f"drop:{game}"] = base_ll - student_ll
+        student_ll = mean_action_loglik(student_model, tok, pairs)
+        out[f"loglik_base:{key}"] = base_ll
+        out[f"loglik_student:{key}"] = student_ll
+        out[f"drop:{key}"] = base_ll - student_ll
     return out
-
 
 
 def logits_model(backend, dtype: str):
@@ -114,7 +126,13 @@ def logits_model(backend, dtype: str):
         raise ValueError(f"retention: the {backend.name} backend has no local weights to compute logits from")
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    adapter = getattr(backend, "adapter_path", None)
+    if adapter is not None:  # a LoRA student served by vLLM: the same adapter on the same base
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval()
 
 
 def gate(
@@ -136,5 +154,6 @@ evaluate_task = task(
     persist_result=True,
     retries=2,
     retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
 )(evaluate)
 gate_task = task(name="gate", cache_policy=NO_CACHE)(gate)

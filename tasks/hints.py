@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, Field
 
-from r2w.caching import stage_cache
+from r2w.caching import retry_transient, stage_cache
 from r2w.config import CONFIG_DIR, HintsConfig
 from r2w.contracts import Episode
 from r2w.hintstore import HintStore
@@ -44,8 +44,17 @@ def extract_and_store(
     for pack in hints_cfg.curated_packs:
         curated += store.import_jsonl(resolve_pack(pack), source_label="curated")["lines"]
     chosen = select_failures(failures, hints_cfg.max_failures)
+    module = None
+    if hints_cfg.extractor.program and chosen:
+        from prompts.optimize import load_extractor
+
+        program = resolve_pack(hints_cfg.extractor.program, "hints.extractor.program")
+        module = load_extractor(program)
+        extractor_id = f"{extractor_id}+{program.stem}"  # provenance names the compiled program
     hints, rejected = (
-        extract_hints(chosen, lm, hints_cfg.max_chars, extractor_id, run_id, gold_actions) if chosen else ([], {})
+        extract_hints(chosen, lm, hints_cfg.max_chars, extractor_id, run_id, gold_actions, module)
+        if chosen
+        else ([], {})
     )
     counts = store.upsert(hints, run_id)
     return HintsResult(
@@ -68,15 +77,15 @@ def select_failures(episodes: list[Episode], limit: int) -> list[Episode]:
     return (first + rest)[:limit]
 
 
-def resolve_pack(pack: str | Path) -> Path:
-    """A pack path as given, else relative to the project root (configs/hints/...)."""
+def resolve_pack(pack: str | Path, field: str = "hints.curated_packs") -> Path:
+    """A pack (or program) path as given, else relative to the project root (configs/hints/...)."""
     path = Path(pack).expanduser()
     if path.is_file():
         return path
     bundled = PROJECT_ROOT / path
     if bundled.is_file():
         return bundled
-    raise FileNotFoundError(f"hints.curated_packs: {pack} not found (also tried {bundled})")
+    raise FileNotFoundError(f"{field}: {pack} not found (also tried {bundled})")
 
 
 hints_task = task(
@@ -85,4 +94,5 @@ hints_task = task(
     persist_result=True,
     retries=2,
     retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_transient,
 )(extract_and_store)

@@ -274,16 +274,22 @@ def hinted_teacher_kl(model_dir: Path, examples: list[DistillExample], adapter: 
 
 
 @pytest.fixture(scope="module")
-def rollouts(tmp_path_factory, tiny_backend):
-    """Real pipeline output: the base agent's collected episodes and the hinted teacher's kept trajectories (TWX)."""
+def rollouts(tmp_path_factory, tiny_model):
+    """Real pipeline output: the base agent's collected episodes and the hinted teacher's kept trajectories (TWX).
+
+    A fresh backend, not the session one: its sampling seed advances per call, so sharing it would
+    make these rollouts depend on which tests ran before.
+    """
+    from r2w.backends.hf import TransformersBackend
     from r2w.config import load_config
     from r2w.datasets import load_records
     from tasks.collect import collect_failures
     from tasks.teach import teach
 
+    backend = TransformersBackend(tiny_model, dtype="float32")
     run_cfg = load_config("test", {"data_dir": str(tmp_path_factory.mktemp("pipeline"))})
-    collected = collect_failures(run_cfg, tiny_backend)
-    taught = teach(run_cfg, tiny_backend, lambda category, query, k: HINTS[:k], "test-hints")
+    collected = collect_failures(run_cfg, backend)
+    taught = teach(run_cfg, backend, lambda category, query, k: HINTS[:k], "test-hints")
     return load_records(collected.episodes, Episode), load_records(taught.trajectories, Trajectory)
 
 

@@ -75,6 +75,21 @@ def test_server_chat_completion_and_usage(server_backend, hf_tiny):
         assert comp.prompt_tokens == _token_count(hf_tiny, rendered)
 
 
+def test_server_auto_mode_detects_the_trie_and_honours_seeds(server_backend):
+    from r2w.backends.openai_server import OpenAIServerBackend
+
+    remote = OpenAIServerBackend(server_backend.url)  # as for a server r2w did not start: all by probing
+    try:
+        assert remote.is_vllm and remote.choice_mode == "trie" and remote.per_request_seed
+        hot = SamplingParams(n=4, temperature=2.0, max_tokens=12, seed=7)
+        first, again = remote.generate([PROMPTS[0]], hot)[0], remote.generate([PROMPTS[0]], hot)[0]
+        assert first.texts == again.texts  # a per-request seed reproduces the samples
+        other = remote.generate([PROMPTS[0]], SamplingParams(n=4, temperature=2.0, max_tokens=12, seed=8))[0]
+        assert other.texts != first.texts
+    finally:
+        remote.close()
+
+
 def test_server_n_samples_and_stop(server_backend):
     comp = server_backend.generate([PROMPTS[0]], SamplingParams(n=4, temperature=2.0, max_tokens=16))[0]
     assert len(comp.texts) == 4 and len(comp.completion_tokens) == 4

@@ -8,7 +8,8 @@ choice, by `choice_mode`:
 - 'structured': vLLM's structured-output `choice` (any vLLM server; sent under both the current
   `structured_outputs` and the older `guided_choice` name, the unknown one is ignored);
 - 'free': no constraint (non-vLLM endpoints): the reply is mapped by `r2w.rollout.map_to_valid_action`;
-- 'auto': 'structured' when `GET /version` answers like vLLM, else 'free'.
+- 'auto': 'trie' when the server is vLLM with r2w's processor loaded (one probe request checks),
+  'structured' for other vLLM servers (`GET /version` answers), else 'free'.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from r2w.backends.base import Completion, SamplingParams
 from r2w.contracts import Message
 
 ChoiceMode = Literal["auto", "trie", "structured", "free"]
+_PROBE = "r2w trie probe 7f3a"
 
 
 class ServerError(RuntimeError):
@@ -58,7 +60,7 @@ class OpenAIServerBackend:
         self.model = model or self._first_model()
         self.is_vllm = self._probe_vllm()
         if choice_mode == "auto":
-            choice_mode = "structured" if self.is_vllm else "free"
+            choice_mode = ("trie" if self._has_trie_processor() else "structured") if self.is_vllm else "free"
         if choice_mode not in ("trie", "structured", "free"):
             raise ValueError(f"choice_mode: expected auto, trie, structured or free, got {choice_mode!r}")
         self.choice_mode = choice_mode
@@ -67,6 +69,7 @@ class OpenAIServerBackend:
             self.identity = f"{server.identity}:{self.model}:{choice_mode}"
         # A server r2w started serves local weights: expose them for what needs logits (retention).
         self.model_path = server.model_path if server is not None else None
+        self.adapter_path = server.adapter_path if server is not None else None
         self._tokenizer = None
 
     @property
@@ -91,6 +94,21 @@ class OpenAIServerBackend:
             response = self.client.get(f"{self.root}/version", timeout=10.0)
             return response.status_code == 200 and "version" in response.json()
         except (httpx.HTTPError, ValueError):
+            return False
+
+    def _has_trie_processor(self) -> bool:
+        """Ask for a string no model writes unprompted, constrained by r2w's trie: only the processor yields it."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": "."}],
+            "max_tokens": len(_PROBE) + 2,
+            "temperature": 0.0,
+            "vllm_xargs": {"r2w_choices": [_PROBE]},
+        }
+        try:
+            response = self.client.post(f"{self.url}/chat/completions", json=body, timeout=60.0)
+            return response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == _PROBE
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
             return False
 
     def _get(self, url: str) -> dict:

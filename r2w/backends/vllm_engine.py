@@ -61,6 +61,7 @@ class VLLMEngineBackend:
         if choice_mode not in ("trie", "structured"):
             raise ValueError(f"choice_mode: expected 'trie' or 'structured', got {choice_mode!r}")
         self.model_path, self.seed, self.choice_mode = Path(model_path), seed, choice_mode
+        self.adapter_path = Path(adapter_path) if adapter_path is not None else None
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.eot_id = end_of_turn_id(self.tokenizer)
         self.cpu = on_cpu()
@@ -122,6 +123,8 @@ class VLLMEngineBackend:
     ) -> list[Completion]:
         if choices is not None and len(choices) != len(prompts):
             raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
+        if not prompts:
+            return []
         self._calls += 1
         token_prompts = [
             {"prompt_token_ids": self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]} for p in prompts

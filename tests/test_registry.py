@@ -1,0 +1,135 @@
+"""Registry round trip against both stores: a SQLite file and a real `mlflow server` on loopback.
+
+register (challenger, lineage tags, gate report as description) -> no champion until a person
+promotes -> promote v1, then v2 -> rollback returns champion to v1. The server variant is marked
+`stack` (the server alone takes ~30 s to come up on this box): `pytest -m stack tests/test_registry.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from r2w.config import load_config
+from r2w.contracts import DistillExample, Message
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_model: Path, session_dir: Path):
+    """A real 2-step LoRA student of the tiny model (adapter + merged folders)."""
+    from r2w.config import DistillConfig, LoraConfig
+    from tasks.distill import train_student
+
+    examples = [
+        DistillExample(
+            example_id=f"e{i}",
+            task_id=f"t{i}",
+            category="twc",
+            prompt=[Message(role="user", content=f"Observation: a shoe lies on the floor ({i}).\nNext action:")],
+            completion="take shoe",
+            trajectory_id=f"t{i}-0",
+        )
+        for i in range(4)
+    ]
+    cfg = DistillConfig(max_steps=2, batch_size=2, bf16=False, learning_rate=1e-3, lora=LoraConfig(r=2, alpha=4))
+    return train_student(examples, tiny_model, cfg, session_dir / "registry-student", seed=0)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` (SQLite backend, proxied artifacts) on a free loopback port; stopped after the module."""
+    from flows.stack import BIN, _start, _wait, free_port
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    service = _start(
+        "mlflow",
+        [
+            *(str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'm.db'}"),
+            *("--artifacts-destination", (folder / "art").as_uri()),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        ],
+        port,
+        "/health",
+        folder,
+    )
+    try:
+        _wait(service, timeout=150)
+        yield service.url
+    finally:
+        os.killpg(service.pid, signal.SIGTERM)  # _start made it a session leader: its group is only this server
+
+
+POLICIES = ("random", "base", "teacher", "student")
+
+
+def _passing_report(report_dir: Path):
+    from evaluation.gates import apply_gates
+    from evaluation.report import render_markdown
+    from r2w.config import GateConfig
+    from r2w.contracts import PolicyScore
+
+    low = dict(n=4, successes=2, rate=0.5, ci_low=0.15, ci_high=0.85)
+    high = dict(n=4, successes=3, rate=0.75, ci_low=0.3, ci_high=0.95)
+    scores = [PolicyScore(policy=p, **(high if p in ("teacher", "student") else low)) for p in POLICIES]
+    report = apply_gates(GateConfig(), scores, {"kl_base_student": 0.01, "drop:coin": 0.0}, {"leak_remaining": 0})
+    assert report.passed, report.reasons
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "gate_report.md").write_text(render_markdown(report, {"config_hash": "abc"}))
+    return report
+
+
+def _round_trip(tracking_uri: str | None, data_dir: Path, student) -> None:
+    from r2w.tracking import client_for, start_run
+    from tasks.register import promote_version, register_student, rollback_champion
+
+    overrides = {"data_dir": str(data_dir), "registry": {"model_name": "r2w-registry-test"}}
+    if tracking_uri:
+        overrides["registry"]["tracking_uri"] = tracking_uri
+    cfg = load_config("test", overrides)
+    client = client_for(cfg)
+    name = cfg.registry.model_name
+    report = _passing_report(data_dir / "gate")
+    lineage = {"failures_dataset": "f" * 16, "training_dataset": "t" * 16, "config_hash": cfg.hash}
+
+    versions = []
+    for i in range(2):
+        run_id = start_run(client, cfg, f"registry-test-{i}")
+        reg = register_student(cfg, run_id, report, data_dir / "gate", student.adapter_dir, student.merged_dir, lineage)
+        assert reg.registered, reg.reason
+        versions.append(reg.version)
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == reg.version  # challenger moves
+    assert versions == ["1", "2"]
+
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["r2w.failures_dataset"] == "f" * 16 and v2.tags["r2w.gate"] == "passed"
+    assert v2.tags["r2w.check.kl_to_base"].endswith("pass") and "r2w.adapter_uri" in v2.tags
+    assert "gate report: PASSED" in v2.description
+    files = {Path(a.path).name for a in client.list_artifacts(v2.run_id, "student/merged")}
+    assert "config.json" in files  # the weights went to the store (proxied through the server there)
+    with pytest.raises(MlflowException):  # registering never makes a champion
+        client.get_model_version_by_alias(name, "champion")
+
+    assert promote_version(cfg, "1", by="alice", reason="reviewed v1") is None
+    assert promote_version(cfg, "2", by="bob", reason="reviewed v2") == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert client.get_model_version(name, "2").tags["r2w.promoted_by"] == "bob"
+    assert rollback_champion(cfg, by="carol", reason="v2 regressed") == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"  # rollback leaves it
+    assert client.get_model_version(name, "2").tags["r2w.rolled_back"].startswith("carol")
+    with pytest.raises(ValueError, match="no earlier champion"):  # v1 was the first champion
+        rollback_champion(cfg, by="carol", reason="again")
+
+
+def test_registry_round_trip_sqlite(tmp_path, tiny_student):
+    _round_trip(None, tmp_path, tiny_student)
+
+
+@pytest.mark.stack
+def test_registry_round_trip_mlflow_server(tmp_path, tiny_student, mlflow_server):
+    _round_trip(mlflow_server, tmp_path, tiny_student)
