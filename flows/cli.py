@@ -51,6 +51,15 @@ def _load(config: str, sets: list[str] | None = None) -> R2WConfig:
     return cfg
 
 
+def _flow_inputs(config: str, sets: list[str] | None) -> tuple[R2WConfig, dict]:
+    """Validated config plus the overrides a flow re-applies (exit 2 on bad input)."""
+    try:
+        cfg = _load(config, sets)
+    except ConfigError as exc:
+        _fail(str(exc))
+    return cfg, {**_parse_sets(sets), "data_dir": str(cfg.data_path)}
+
+
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
@@ -77,11 +86,7 @@ def run(
     stack: bool = typer.Option(False, "--stack", help="run against the servers of `r2w stack up`"),
 ) -> None:
     """Run the retrain flow once (ephemeral Prefect unless PREFECT_API_URL is set) and print a summary."""
-    try:
-        cfg = _load(config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
-    overrides = {**_parse_sets(set_), "data_dir": str(cfg.data_path)}
+    cfg, overrides = _flow_inputs(config, set_)
     if stack:
         import os
 
@@ -187,13 +192,10 @@ def evaluate_cmd(
     set_: list[str] = SetOpt,
 ) -> None:
     """Re-gate a registered version against the current suites and gate policy (moves no alias)."""
-    try:
-        cfg = _load(config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
+    _, overrides = _flow_inputs(config, set_)
     from flows.evaluate import evaluate_version
 
-    result = evaluate_version(version, config=config, overrides={**_parse_sets(set_), "data_dir": str(cfg.data_path)})
+    result = evaluate_version(version, config=config, overrides=overrides)
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
     console.print(f"version {version}: {verdict}  report: {result.report_path}")
     for reason in result.reasons:
@@ -209,13 +211,9 @@ def backfill_cmd(
     set_: list[str] = SetOpt,
 ) -> None:
     """Re-collect failures of a past window (trace source) and run the pipeline per chunk; done chunks are skipped."""
-    try:
-        cfg = _load(config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
+    _, overrides = _flow_inputs(config, set_)
     from flows.backfill import backfill
 
-    overrides = {**_parse_sets(set_), "data_dir": str(cfg.data_path)}
     try:
         results = backfill(since, until, chunk_hours, config=config, overrides=overrides)
     except ValueError as exc:
