@@ -151,23 +151,13 @@ def up(
         ),
     ]
     if vllm_model:
+        from r2w.backends.vllm_server import LocalVLLMServer
+
         services.append(
             _start(
                 "vllm",
-                [
-                    sys.executable,
-                    "-m",
-                    "vllm.entrypoints.openai.api_server",
-                    "--model",
-                    str(vllm_model),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ports["vllm"]),
-                    "--enforce-eager",
-                    "--served-model-name",
-                    "teacher",
-                ],
+                # the same command r2w's own server helper uses: seeded, with the valid-action trie
+                LocalVLLMServer(vllm_model, served_name="teacher", port=ports["vllm"]).command(),
                 ports["vllm"],
                 "/health",
                 folder,

