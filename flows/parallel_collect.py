@@ -55,9 +55,11 @@ def collect_shard(cfg: R2WConfig, shard: int, shards: int) -> Shard:
 @flow(name="parallel-collect")
 def parallel_collect(config: str = "demo", overrides: dict[str, Any] | None = None, shards: int = 2) -> dict:
     from r2w.datasets import save_records
+    from r2w.models import resolve_model
 
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
+    resolve_model(cfg.models.base, cfg.data_path)  # provision once here, not racing in every worker
     futures = [collect_shard.submit(cfg, i, shards) for i in range(shards)]
     parts = [f.result() for f in futures]
     episodes = sorted((e for p in parts for e in p.episodes), key=lambda e: e.task_id)
