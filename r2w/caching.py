@@ -64,3 +64,16 @@ def retry_transient(_task, _task_run, state) -> bool:
     except Exception:  # noqa: BLE001 - anything else is not worth retrying
         return False
     return False
+
+
+def expensive_stage(name: str, *sections: str, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The task options every expensive stage shares: content-keyed cache, persisted result,
+    two retries with backoff on transient errors only."""
+    return dict(
+        name=name,
+        cache_policy=stage_cache(*sections, ignore=ignore),
+        persist_result=True,
+        retries=2,
+        retry_delay_seconds=[5, 30],
+        retry_condition_fn=retry_transient,
+    )

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from evaluation.environments import make_environment
 from r2w.backends import GenerationBackend, SamplingParams
-from r2w.caching import retry_transient, stage_cache
+from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
 from r2w.datasets import DatasetRef, save_records
 from r2w.rollout import LLMPolicy, run_episodes
@@ -117,11 +117,6 @@ def source_fingerprint(cfg: R2WConfig) -> str:
     return ""
 
 
-collect_task = task(
-    name="collect-failures",
-    cache_policy=stage_cache("models", "env", "agent", "collect", "runtime"),
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
-)(collect_failures)
+collect_task = task(**expensive_stage("collect-failures", "models", "env", "agent", "collect", "runtime"))(
+    collect_failures
+)

@@ -25,7 +25,7 @@ from evaluation.retention import (
     mean_kl,
     mean_nll,
 )
-from r2w.caching import retry_transient, stage_cache
+from r2w.caching import expensive_stage
 from r2w.config import EnvConfig, R2WConfig
 from r2w.contracts import GateReport, PolicyScore
 from r2w.datasets import DatasetRef, save_records
@@ -148,12 +148,5 @@ def gate(
     return report, out_dir
 
 
-evaluate_task = task(
-    name="evaluate",
-    cache_policy=stage_cache("models", "env", "agent", "evaluate", "hints", "runtime"),
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
-)(evaluate)
+evaluate_task = task(**expensive_stage("evaluate", "models", "env", "agent", "evaluate", "hints", "runtime"))(evaluate)
 gate_task = task(name="gate", cache_policy=NO_CACHE)(gate)

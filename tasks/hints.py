@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, Field
 
-from r2w.caching import retry_transient, stage_cache
+from r2w.caching import expensive_stage
 from r2w.config import CONFIG_DIR, HintsConfig
 from r2w.contracts import Episode
 from r2w.hintstore import HintStore
@@ -88,11 +88,4 @@ def resolve_pack(pack: str | Path, field: str = "hints.curated_packs") -> Path:
     raise FileNotFoundError(f"{field}: {pack} not found (also tried {bundled})")
 
 
-hints_task = task(
-    name="extract-hints",
-    cache_policy=stage_cache(ignore=("run_id",)),
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
-)(extract_and_store)
+hints_task = task(**expensive_stage("extract-hints", ignore=("run_id",)))(extract_and_store)

@@ -16,7 +16,7 @@ from evaluation.environments import Observation, TaskSpec, make_environment
 from evaluation.metrics import score_episodes
 from prompts.agent import extract_hints_block, render_hints_block
 from r2w.backends import GenerationBackend
-from r2w.caching import retry_transient, stage_cache
+from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
 from r2w.contracts import Hint, Trajectory, content_hash
 from r2w.datasets import DatasetRef, save_records
@@ -85,11 +85,4 @@ def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve, hint_snapshot: s
     )
 
 
-teach_task = task(
-    name="teach",
-    cache_policy=stage_cache("models", "env", "agent", "teach", "hints", "runtime"),
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=retry_transient,
-)(teach)
+teach_task = task(**expensive_stage("teach", "models", "env", "agent", "teach", "hints", "runtime"))(teach)
