@@ -43,12 +43,29 @@ def _check(name: str, value: float, threshold: float, comparison: str, detail: s
     )
 
 
+def sign_test_p(losses: int, wins: int) -> float:
+    """One-sided exact sign test: P(at least `losses` losses among the discordant pairs | no effect)."""
+    from math import comb
+
+    n = losses + wins
+    if n == 0:
+        return 1.0
+    return sum(comb(n, k) for k in range(losses, n + 1)) / 2**n
+
+
 def apply_gates(
     policy: GateConfig,
     scores: list[PolicyScore],
     retention: dict[str, float],
     leakage: dict[str, int],
+    privacy: dict[str, float] | None = None,
+    teacher_vs_base: dict[str, int] | None = None,
 ) -> GateReport:
+    """Every check with value, threshold and verdict.
+
+    `privacy` holds the canary probe's counts (evaluation/canary.py); `teacher_vs_base` the paired
+    table of the teacher WITH hints (a) against the base (b) on the same seeds (metrics.paired_counts).
+    """
     by = {s.policy: s for s in scores}
     base, teacher, student = by["base"], by["teacher"], by["student"]
     random = by.get("random")
@@ -92,6 +109,30 @@ def apply_gates(
             "training examples that still carry hint text after filtering",
         ),
     ]
+    privacy = privacy or {}
+    checks.append(
+        _check(
+            "canary_leaks",
+            float(privacy.get("canary_leaks", 0.0)),
+            float(policy.max_canary_leaks),
+            "<=",
+            f"decodes reproducing a planted secret, of {privacy.get('canary_attempts', 0):g} attempts on "
+            f"{privacy.get('canaries', 0):g} canaries (privacy.canaries)",
+        )
+    )
+    paired = teacher_vs_base or {}
+    losses, wins = paired.get("only_b", 0), paired.get("only_a", 0)
+    harm_p = sign_test_p(losses, wins)
+    checks.append(
+        _check(
+            "hint_harm",
+            harm_p,
+            policy.hint_harm_alpha,
+            ">=",
+            f"teacher with hints lost {losses} / won {wins} paired seeds against the base; one-sided sign-test p"
+            + (" (check off: alpha 0)" if policy.hint_harm_alpha <= 0 else ""),
+        )
+    )
     for key, drop in sorted(retention.items()):
         if key.startswith("drop:"):
             checks.append(
@@ -101,5 +142,11 @@ def apply_gates(
         f"{c.name}: {c.value:g} is not {c.comparison} {c.threshold:g} ({c.detail})" for c in checks if not c.passed
     ]
     return GateReport(
-        passed=not reasons, checks=checks, scores=scores, retention=retention, leakage=leakage, reasons=reasons
+        passed=not reasons,
+        checks=checks,
+        scores=scores,
+        retention=retention,
+        leakage=leakage,
+        privacy=privacy,
+        reasons=reasons,
     )

@@ -31,6 +31,9 @@ def render_markdown(report: GateReport, lineage: dict[str, str] | None = None, t
         lines += ["", "## Retention", ""] + [f"- {k}: {v:.4f}" for k, v in sorted(report.retention.items())]
     if report.leakage:
         lines += ["", "## Leakage check", ""] + [f"- {k}: {v}" for k, v in sorted(report.leakage.items())]
+    if report.privacy:
+        privacy = [f"- {k}: {v:g}" for k, v in sorted(report.privacy.items())]
+        lines += ["", "## Privacy (canary extraction)", ""] + privacy
     if lineage:
         lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
     lines += ["", "_teacher = with retrieved hints; random = uniformly random valid action._"]

@@ -1,8 +1,10 @@
 """`r2w` command line. Heavy libraries are imported inside commands, after the environment
 (offline flags, PREFECT_HOME and caches under the data dir) is configured.
 
-Exit codes: 0 ok; 1 unexpected error; 2 bad input (config, files, arguments);
-3 `r2w run --fail-on-gate` and the student failed its gates.
+Exit codes: 0 ok (a run that stops early with a reason, e.g. no failures, is ok); 1 unexpected
+error; 2 bad input (config, trace files, model paths, arguments: named in the message);
+3 `r2w run --fail-on-gate` and the student failed its gates; 4 a configured store or server
+(Chroma at hints.chroma_url) is unreachable.
 """
 
 from __future__ import annotations
@@ -99,12 +101,16 @@ def run(
         os.environ.update(env)  # before prefect is imported
         overrides = merge_overrides(stack_cfg, overrides)
     from flows.retrain import retrain
+    from r2w.hintstore import HintStoreUnavailable
     from r2w.models import ModelNotFoundError
+    from r2w.traces import TraceImportError
 
     try:
         summary = retrain(config=config, overrides=overrides)
-    except (ModelNotFoundError, ConfigError) as exc:
+    except (ModelNotFoundError, ConfigError, TraceImportError) as exc:
         _fail(str(exc))
+    except HintStoreUnavailable as exc:
+        _fail(str(exc), 4)
     print_summary(summary)
     if fail_on_gate and not summary.gate_passed:
         raise typer.Exit(3)
@@ -118,6 +124,13 @@ def print_summary(summary) -> None:
         f"{summary.hints_extracted} / {summary.hints_rejected} / {summary.hints_active}"
         f" (snapshot {summary.hint_snapshot})",
     )
+    if summary.hints_rejected_by_reason:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.hints_rejected_by_reason.items()))
+        table.add_row("  rejected by reason", reasons)
+    if summary.failures_quarantined:
+        table.add_row("failures quarantined (injection text)", str(summary.failures_quarantined))
+    if summary.scrubbed:
+        table.add_row("private data scrubbed", ", ".join(f"{k} {v}" for k, v in sorted(summary.scrubbed.items())))
     table.add_row("teacher attempts / trajectories kept", f"{summary.teacher_attempts} / {summary.trajectories_kept}")
     table.add_row("training examples", str(summary.training_examples))
     for policy, text in summary.scores.items():
@@ -323,9 +336,12 @@ def _store(config: str, sets: list[str] | None = None):
         cfg = _load(config, sets)
     except ConfigError as exc:
         _fail(str(exc))
-    from r2w.hintstore import HintStore
+    from r2w.hintstore import HintStore, HintStoreUnavailable
 
-    return HintStore(cfg.hints, cfg.data_path)
+    try:
+        return HintStore(cfg.hints, cfg.data_path)
+    except HintStoreUnavailable as exc:
+        _fail(str(exc), 4)
 
 
 @hints_app.command("list")
@@ -509,7 +525,9 @@ def collect_import(
         _fail(str(exc))
     stats, episodes, errors = ImportStats(), [], []
     for path in paths:
-        got, errs = import_trace_file(path, since, until, skip_invalid=skip_invalid, stats=stats)
+        got, errs = import_trace_file(
+            path, since, until, skip_invalid=skip_invalid, stats=stats, max_record_bytes=cfg.collect.max_record_bytes
+        )
         episodes += got
         errors += errs
     if errors and not skip_invalid:

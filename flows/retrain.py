@@ -9,6 +9,10 @@ failures -> hints (Chroma) -> teacher rollouts with hints -> hint-free training 
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +26,7 @@ from r2w.backends import make_backend
 from r2w.config import R2WConfig, load_config
 from r2w.contracts import Episode, Trajectory, content_hash, utcnow
 from r2w.datasets import load_records, save_records
+from r2w.faults import fault_point
 from r2w.models import resolve_model
 from r2w.runtime import configure_environment, set_torch_threads
 from r2w.tracking import client_for, log_metrics, log_params, start_run
@@ -36,6 +41,9 @@ class RunSummary(BaseModel):
     failures: int = 0
     hints_extracted: int = 0
     hints_rejected: int = 0
+    hints_rejected_by_reason: dict[str, int] = {}  # parser and screen reasons (screen_injection, ...)
+    failures_quarantined: int = 0  # failures with injection text, never sent to the extractor
+    scrubbed: dict[str, int] = {}  # private data replaced before storing, by kind
     hints_active: int = 0
     hint_snapshot: str = ""
     teacher_attempts: int = 0
@@ -61,13 +69,22 @@ def retrain(config: str = "demo", overrides: dict[str, Any] | None = None) -> Ru
     """
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
-    with one_run_per_model(cfg.registry.model_name):
+    with one_run_per_model(cfg.registry.model_name, cfg.data_path / "locks"):
         return _retrain(cfg)
 
 
 @contextmanager
-def one_run_per_model(model_name: str) -> Iterator[None]:
-    """Hold the global concurrency slot `r2w-model-<name>` (limit 1, created on first use)."""
+def one_run_per_model(model_name: str, lock_dir: Path | None = None) -> Iterator[None]:
+    """Hold the global concurrency slot `r2w-model-<name>` (limit 1, created on first use).
+
+    A run killed with SIGKILL never releases its slot; with Prefect's in-memory lease storage
+    (ephemeral mode) nothing ever would, and the next run would wait forever. So local runs also
+    hold an OS file lock (released by the kernel when a process dies) and record themselves in
+    `<lock_dir>/run-<model>.json`: a run that gets the file lock and finds a record of a run on
+    this host knows that run is dead, and gives its slot back before taking its own.
+    """
+    import fcntl
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
@@ -82,18 +99,77 @@ def one_run_per_model(model_name: str) -> Iterator[None]:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:  # another run created it first
                 pass
-    with concurrency(name, occupy=1, strict=True, lease_duration=600):
-        yield
+    if lock_dir is None:
+        with concurrency(name, occupy=1, strict=True, lease_duration=600):
+            yield
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    record = lock_dir / f"run-{model_name}.json"
+    with open(lock_dir / f"run-{model_name}.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # waits while another local run of this model is alive
+        try:
+            _release_dead_holder(name, record)
+            with concurrency(name, occupy=1, strict=True, lease_duration=600):
+                record.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": str(utcnow())}))
+                try:
+                    yield
+                finally:
+                    record.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+
+
+def _release_dead_holder(name: str, record: Path) -> None:
+    """Give back the slot of a run on this host that died holding it (we hold the file lock)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    if not record.is_file():
+        return
+    try:
+        holder = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        holder = {}
+    if holder.get("host") not in (None, socket.gethostname()):
+        return  # another machine's run: its lease expires on the server
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+        if limit.active_slots > 0:
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(active_slots=limit.active_slots - 1)
+            )
+            logging.getLogger("r2w").warning(
+                "released the %s slot of run pid %s, which died holding it", name, holder.get("pid")
+            )
+    record.unlink(missing_ok=True)
 
 
 def run_stage(summary: RunSummary, stage: str, task, *args):
     """Run a task, remember its final state name (Completed / Cached) and return its result."""
     state = task(*args, return_state=True)
     summary.stage_states[stage] = state.name
-    return state.result()
+    result = state.result()
+    fault_point(f"after:{stage}")  # test-only crash point (r2w/faults.py); a no-op unless R2W_FAULT is set
+    return result
 
 
 def _retrain(cfg: R2WConfig) -> RunSummary:
+    set_torch_threads(cfg.runtime.torch_threads)
+    client = client_for(cfg)
+    run_id = start_run(client, cfg, f"retrain-{cfg.name}", tags={"r2w.config_hash": cfg.hash})
+    log_params(client, run_id, cfg.model_dump(mode="json"))
+    summary = RunSummary(
+        mlflow_run_id=run_id, config=cfg.name, model_name=cfg.registry.model_name, started_at=str(utcnow())
+    )
+    try:
+        return _stages(cfg, client, run_id, summary)
+    except BaseException as exc:  # the MLflow run says why it ended; nothing stored is half-written
+        client.set_tag(run_id, "r2w.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+
+def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSummary:
     from evaluation.metrics import format_score
     from flows.cadence import novelty_since_last_version
     from prompts.hints import PROMPT_VERSION as HINTS_PROMPT_VERSION
@@ -108,21 +184,15 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
     from tasks.teach import teach_task
 
     log = get_run_logger()
-    set_torch_threads(cfg.runtime.torch_threads)
-    client = client_for(cfg)
-    run_id = start_run(client, cfg, f"retrain-{cfg.name}", tags={"r2w.config_hash": cfg.hash})
-    log_params(client, run_id, cfg.model_dump(mode="json"))
-    summary = RunSummary(
-        mlflow_run_id=run_id, config=cfg.name, model_name=cfg.registry.model_name, started_at=str(utcnow())
-    )
     run_dir = cfg.data_path / "runs" / run_id
     lineage = {"config_hash": cfg.hash, "base_model": cfg.models.base, "mlflow_run": run_id}
 
-    base_path = resolve_model(cfg.models.base, cfg.data_path)
+    base_path = model_field("models.base", cfg.models.base, cfg.data_path)
     base = make_backend(cfg.models.backend, base_path, dtype=cfg.models.dtype, seed=cfg.runtime.seed)
     teacher = base
     if cfg.models.teacher or cfg.models.teacher_url:
-        teacher_path = resolve_model(cfg.models.teacher or cfg.models.base, cfg.data_path)
+        field = "models.teacher" if cfg.models.teacher else "models.base"
+        teacher_path = model_field(field, cfg.models.teacher or cfg.models.base, cfg.data_path)
         teacher = make_backend(
             cfg.models.backend, teacher_path, dtype=cfg.models.dtype, url=cfg.models.teacher_url, seed=cfg.runtime.seed
         )
@@ -133,6 +203,8 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
         client.set_tag(run_id, "r2w.window", f"{cfg.collect.since or ''}/{cfg.collect.until or ''}")
     failures = load_records(collected.failures, Episode)
     summary.episodes, summary.failures = collected.n_episodes, collected.n_failures
+    summary.scrubbed = collected.scrubbed
+    log_metrics(client, run_id, {f"privacy.scrubbed.{kind}": n for kind, n in collected.scrubbed.items()})
     lineage["failures_dataset"] = collected.failures.hash
     log_dataset_input(client, run_id, collected.failures, failures)  # lineage: the run's input, by content hash
     log.info("collected %d episodes, %d failures", collected.n_episodes, collected.n_failures)
@@ -151,7 +223,27 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
     snapshot = store.snapshot_id()
     summary.hints_extracted, summary.hints_active = hints.extracted, len(store.list(status="active"))
     summary.hints_rejected, summary.hint_snapshot = sum(hints.rejected.values()), snapshot
+    summary.hints_rejected_by_reason = dict(hints.rejected)
+    summary.failures_quarantined = len(hints.quarantined)
     lineage["hint_snapshot"] = snapshot
+    log_metrics(
+        client,
+        run_id,
+        {
+            **{f"hints.rejected.{_metric_key(reason)}": n for reason, n in hints.rejected.items()},
+            "hints.quarantined_failures": len(hints.quarantined),
+            **{f"hints.quarantined.{kind}": n for kind, n in hints.quarantine_kinds.items()},
+        },
+    )
+    if hints.quarantined:
+        client.set_tag(run_id, "r2w.quarantined_failures", ",".join(hints.quarantined)[:5000])
+    if cfg.hints.k > 0 and summary.hints_active == 0:
+        reason = (
+            f"stopped: the hint store ({store.identity}) has no active hints after extraction "
+            f"({hints.extracted} extracted, {summary.hints_rejected} rejected); expected at least one for the "
+            "teacher (add hints.curated_packs, or set hints.k=0 to teach without hints)"
+        )
+        return _stop(client, run_id, summary, reason)
 
     novelty = novelty_since_last_version(cfg, client, failures, store.list(status="active"))
     log_metrics(client, run_id, {"cadence.new_failures": novelty.new_failures, "cadence.new_hints": novelty.new_hints})
@@ -207,6 +299,7 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
         lineage["parent_version"] = start.parent_version
     student_key = [examples_ref.hash, cfg.distill.model_dump(mode="json"), *parent]
     student_dir = cfg.data_path / "students" / content_hash(student_key)[:16]
+    lineage["student"] = student_dir.name  # lets a rerun adopt a version its killed predecessor created
     student = run_stage(
         summary, "train", train_task, examples, start.path, cfg.distill, student_dir, cfg.runtime.seed, True, *parent
     )
@@ -255,6 +348,20 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
     client.set_terminated(run_id)
     summary.finished_at = str(utcnow())
     return summary
+
+
+def model_field(field: str, spec: str, data_dir: Path) -> Path:
+    """resolve_model, with the config field named in the error (exit 2 in the CLI)."""
+    from r2w.models import ModelNotFoundError
+
+    try:
+        return resolve_model(spec, data_dir)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{field}: {exc}") from None
+
+
+def _metric_key(reason: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in reason.replace(" ", "_"))
 
 
 def _stop(client, run_id: str, summary: RunSummary, reason: str, tag: str = "not-run") -> RunSummary:

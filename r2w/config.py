@@ -6,11 +6,12 @@ something that stage depends on changes (changing a gate threshold does not retr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r2w.contracts import content_hash
 
@@ -77,6 +78,9 @@ class CollectConfig(Section):
     since: str | None = Field(None, description="ISO start of the window (inclusive) for imported failures")
     until: str | None = Field(None, description="ISO end of the window (exclusive)")
     skip_invalid: bool = Field(False, description="import the valid records of a trace file with errors")
+    max_record_bytes: int = Field(
+        8 * 2**20, ge=1024, description="a trace record larger than this is an error naming it (not read into memory)"
+    )
 
     @model_validator(mode="after")
     def _source(self) -> CollectConfig:
@@ -84,7 +88,23 @@ class CollectConfig(Section):
             raise ValueError("collect.trace_paths: required when collect.source is 'traces'")
         if self.source == "mlflow" and not self.mlflow_experiment:
             raise ValueError("collect.mlflow_experiment: required when collect.source is 'mlflow'")
+        since, until = _when("collect.since", self.since), _when("collect.until", self.until)
+        if since and until and since >= until:
+            raise ValueError(f"collect.until {self.until!r} must be after collect.since {self.since!r} (empty window)")
         return self
+
+
+def _when(field: str, text: str | None):
+    """An ISO 8601 date/datetime (naive = UTC), or a ValueError naming the field."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{field} {text!r}: expected an ISO 8601 date or datetime, e.g. 2026-11-01T12:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 class ExtractorConfig(Section):
@@ -107,6 +127,17 @@ class HintsConfig(Section):
     dedup_embedding_similarity: float = Field(0.92, ge=0, le=1)
     curated_packs: list[str] = Field(default_factory=list)
     extractor: ExtractorConfig = ExtractorConfig()
+    min_chars: int = Field(8, ge=1, description="screen: shorter hint texts are rejected")
+    screen_denylist: list[str] = Field(
+        default_factory=list, description="screen: extra regexes (case-insensitive) that reject a hint or flag a trace"
+    )
+
+    @field_validator("screen_denylist")
+    @classmethod
+    def _denylist(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            _check_regex(f"hints.screen_denylist[{i}]", pattern)
+        return patterns
 
 
 class TeachConfig(Section):
@@ -198,6 +229,52 @@ class GateConfig(Section):
     max_perplexity_drift: float = Field(
         0.05, ge=0, description="student/base perplexity - 1 on general prose (0.05 = 5% worse)"
     )
+    max_canary_leaks: int = Field(0, ge=0, description="extraction attempts that reproduced a planted secret")
+    hint_harm_alpha: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="fail when the teacher WITH hints loses to the base on paired seeds "
+        "(one-sided sign test p < alpha); 0 records it without gating",
+    )
+
+
+class CanaryConfig(Section):
+    """A planted secret: if the student completes `prefix` with `secret`, private data reached the weights."""
+
+    prefix: str = Field(min_length=1, description="the context the secret followed in the planted trace")
+    secret: str = Field(min_length=8, description="unique, never a real secret; >= 8 characters")
+
+
+class PrivacyConfig(Section):
+    """Scrub personal data and secrets from every episode before anything is stored (r2w/privacy.py)."""
+
+    scrub: bool = Field(True, description="replace emails, phone numbers, keys/tokens with [KIND] placeholders")
+    patterns: dict[str, str] = Field(
+        default_factory=dict, description="extra kinds to scrub: name -> regex (e.g. employee ids)"
+    )
+    canaries: list[CanaryConfig] = Field(default_factory=list, description="planted secrets the canary gate probes")
+    canary_samples: int = Field(4, ge=0, description="sampled extraction attempts per canary and format (+1 greedy)")
+    canary_temperature: float = Field(1.0, gt=0)
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"privacy.patterns: name {name!r} must be a word (letters, digits, _)")
+            _check_regex(f"privacy.patterns.{name}", pattern)
+        return patterns
+
+
+def _check_regex(field: str, pattern: str) -> None:
+    """A regex that compiles and cannot match the empty string (which would rewrite every gap)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{field}: not a valid regular expression ({exc}): {pattern!r}") from None
+    if compiled.fullmatch("") is not None or compiled.search("") is not None:
+        raise ValueError(f"{field}: {pattern!r} matches the empty string; expected a pattern that needs text")
 
 
 class CadenceConfig(Section):
@@ -228,6 +305,7 @@ class R2WConfig(Section):
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
     cadence: CadenceConfig = CadenceConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _resolve(self) -> R2WConfig:

@@ -162,6 +162,7 @@ class GateReport(Record):
     scores: list[PolicyScore]
     retention: dict[str, float] = Field(default_factory=dict)
     leakage: dict[str, int] = Field(default_factory=dict)
+    privacy: dict[str, float] = Field(default_factory=dict)  # canary probe: canary_leaks, canary_attempts, canaries
     reasons: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 _MODEL = None
 _MODEL_LOCK = threading.Lock()
 EMBEDDING_NAME = "r2w-minilm-l6-v2"
+WRITE_BATCH = 256  # records per Chroma upsert call
+
+
+class HintStoreUnavailable(ConnectionError):
+    """The configured Chroma server cannot be reached; the message names hints.chroma_url."""
 
 
 def _sentence_model():
@@ -139,18 +144,30 @@ class HintStore:
             url = urlparse(cfg.chroma_url)
             if not url.hostname:
                 raise ValueError(f"hints.chroma_url: expected http://host:port, got {cfg.chroma_url!r}")
-            self.client = chromadb.HttpClient(host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https")
+            try:
+                self.client = chromadb.HttpClient(
+                    host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https", settings=settings
+                )
+                self.collection = self._collection()
+            except Exception as exc:  # noqa: BLE001 - chromadb raises ValueError/httpx errors for a dead server
+                raise HintStoreUnavailable(
+                    f"hints.chroma_url {cfg.chroma_url}: no Chroma server answered ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); expected a running `chroma run` (or unset it for the on-disk store)"
+                ) from None
         else:
             path = Path(data_dir) / "chroma"
             path.mkdir(parents=True, exist_ok=True)
             self.client = chromadb.PersistentClient(path=str(path), settings=settings)
-        self.collection = self.client.get_or_create_collection(
-            name=cfg.collection,
+            self.collection = self._collection()
+        where = cfg.chroma_url or str(Path(data_dir).resolve() / "chroma")
+        self.identity = f"chroma:{where}:{cfg.collection}"  # enters Prefect cache keys
+
+    def _collection(self):
+        return self.client.get_or_create_collection(
+            name=self.cfg.collection,
             embedding_function=embedding_function(),
             configuration={"hnsw": {"space": "cosine"}},
         )
-        where = cfg.chroma_url or str(Path(data_dir).resolve() / "chroma")
-        self.identity = f"chroma:{where}:{cfg.collection}"  # enters Prefect cache keys
 
     # ----- reading -------------------------------------------------------------------------
 
@@ -217,8 +234,14 @@ class HintStore:
         return len(hints)
 
     def import_jsonl(self, path: str | Path, source_label: str | None = None) -> dict[str, int]:
-        """Validate every line first; store nothing if any line is bad (ValueError names it)."""
+        """Validate and screen every line first; store nothing if any line is bad (ValueError names it).
+
+        Curated and imported packs pass the same screen as extracted hints (r2w/hint_screen.py).
+        """
+        from r2w.hint_screen import HintScreen
+
         path = Path(path)
+        screen = HintScreen(self.cfg)
         hints: list[Hint] = []
         for lineno, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
@@ -230,6 +253,9 @@ class HintStore:
                 hints.append(Hint.model_validate(raw))
             except (json.JSONDecodeError, ValidationError) as exc:
                 raise ValueError(f"{path}:{lineno}: not a valid Hint: {exc}") from None
+            reason = screen.reason(hints[-1].applicability, hints[-1].text)
+            if reason is not None:
+                raise ValueError(f"{path}:{lineno}: hint rejected by the screen ({reason}): {hints[-1].text[:80]!r}")
         counts = self._upsert(hints, run_id=None)
         counts["lines"] = len(hints)
         return counts
@@ -290,12 +316,20 @@ class HintStore:
             for i in missing:
                 if vectors[i] is None:
                     vectors[i] = old[hints[i].hint_id][1]
-        self.collection.upsert(
-            ids=[h.hint_id for h in hints],
-            documents=[rule_key(h) for h in hints],
-            embeddings=[[float(x) for x in v] for v in vectors],
-            metadatas=[_metadata(h) for h in hints],
-        )
+        from r2w.faults import armed_count, fault_after_records
+
+        # Batches keep one call bounded; ids are content hashes and calls are upserts, so a write
+        # cut short by a crash is completed, never duplicated, by the rerun.
+        batch = 1 if armed_count("chroma_write") is not None else WRITE_BATCH
+        for start in range(0, len(hints), batch):
+            part = slice(start, start + batch)
+            self.collection.upsert(
+                ids=[h.hint_id for h in hints[part]],
+                documents=[rule_key(h) for h in hints[part]],
+                embeddings=[[float(x) for x in v] for v in vectors[part]],
+                metadatas=[_metadata(h) for h in hints[part]],
+            )
+            fault_after_records("chroma_write", min(start + batch, len(hints)))
 
 
 class _Pool:

@@ -39,6 +39,7 @@ REQUIRED = ("episode_id", "env", "category", "task_id", "split", "seed", "task",
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 TASK_KEYS = ("task", "question", "query", "prompt", "input", "instruction")
+MAX_RECORD_BYTES = 8 * 2**20  # default of collect.max_record_bytes
 FAILING_VALUES = {"no", "n", "false", "fail", "failed", "failure", "incorrect", "wrong", "bad", "0", "0.0"}
 
 
@@ -113,10 +114,12 @@ def import_trace_file(
     until: datetime | str | None = None,
     skip_invalid: bool = False,
     stats: ImportStats | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> tuple[list[Episode], list[RecordError]]:
     """Validate every record of a JSONL/Parquet trace file; return (failures in the window, errors).
 
     With errors and skip_invalid=False the episode list is empty: the caller writes nothing.
+    A JSONL record longer than `max_record_bytes` is an error naming it, and is never parsed.
     """
     path = Path(path)
     since, until = parse_when(since, "--since"), parse_when(until, "--until")
@@ -127,7 +130,7 @@ def import_trace_file(
         return [], [RecordError(name, 0, "-", "no such file")]
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        raw_records, errors = _read_jsonl(path)
+        raw_records, errors = _read_jsonl(path, max_record_bytes)
     elif suffix in PARQUET_SUFFIXES:
         raw_records, errors = _read_parquet(path)
     else:
@@ -159,9 +162,21 @@ def import_trace_file(
     return kept, errors
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[RecordError]]:
+def _read_jsonl(
+    path: Path, max_record_bytes: int = MAX_RECORD_BYTES
+) -> tuple[list[tuple[int, object]], list[RecordError]]:
     name, records, errors = str(path), [], []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+    for number, line in enumerate(_lines(path, max_record_bytes), start=1):
+        if isinstance(line, int):
+            errors.append(
+                RecordError(
+                    name,
+                    number,
+                    "<record>",
+                    f"record is {line:,} bytes; the limit is {max_record_bytes:,} (collect.max_record_bytes)",
+                )
+            )
+            continue
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -174,6 +189,25 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[RecordError]
         except json.JSONDecodeError as exc:
             errors.append(RecordError(name, number, "<record>", f"not valid JSON: {exc.msg} (column {exc.colno})"))
     return records, errors
+
+
+def _lines(path: Path, limit: int, chunk: int = 2**20):
+    """Each line's bytes, or its length (an int) when it is longer than `limit`: never held in memory."""
+    with path.open("rb") as fh:
+        while True:
+            line = fh.readline(limit + 1)
+            if not line:
+                return
+            if len(line) > limit and not line.endswith(b"\n"):
+                size = len(line)
+                while True:  # skip the rest of the oversized line without keeping it
+                    more = fh.readline(chunk)
+                    size += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                yield size - (1 if more.endswith(b"\n") else 0)
+                continue
+            yield line.rstrip(b"\r\n")
 
 
 def _read_parquet(path: Path) -> tuple[list[tuple[int, object]], list[RecordError]]:
@@ -446,11 +480,13 @@ def save_imported(
     backfill of the same window over the same traces yields the same content hash.
     """
     from r2w.datasets import save_records
+    from r2w.privacy import scrub_episodes
     from r2w.tracking import client_for, log_metrics, log_params, start_run
 
     since, until = parse_when(since, "--since"), parse_when(until, "--until")
     window = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
-    meta = {"sources": stats.sources, "window": window, "imported": True}
+    episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # untrusted text: scrubbed before it is stored
+    meta = {"sources": stats.sources, "window": window, "imported": True, "scrubbed": scrubbed}
     ref = save_records(episodes, Path(cfg.data_path) / "datasets", "failures", meta)
     client = client_for(cfg)
     run_id = start_run(client, cfg, run_name, tags={"r2w.stage": "collect", "r2w.failures_dataset": ref.hash})
@@ -464,6 +500,7 @@ def save_imported(
             "collect.skipped_success": stats.skipped_success,
             "collect.skipped_window": stats.skipped_window,
             "collect.invalid": stats.invalid,
+            **{f"privacy.scrubbed.{kind}": n for kind, n in scrubbed.items()},
         },
     )
     log_dataset_input(client, run_id, ref, episodes)

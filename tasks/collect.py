@@ -16,6 +16,7 @@ from r2w.backends import GenerationBackend, SamplingParams
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
 from r2w.datasets import DatasetRef, save_records
+from r2w.privacy import scrub_episodes
 from r2w.rollout import LLMPolicy, run_episodes
 
 
@@ -24,6 +25,7 @@ class CollectResult(BaseModel):
     failures: DatasetRef
     n_episodes: int
     n_failures: int
+    scrubbed: dict[str, int] = {}  # kind of private data -> matches replaced before storing (r2w/privacy.py)
 
 
 def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperature: float, n: int = 1) -> LLMPolicy:
@@ -67,14 +69,16 @@ def collect_failures(
         config_hash=cfg.hash,
         desc="collect (base agent)",
     )
+    episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # before anything is stored
     failures = [e for e in episodes if not e.success]
     root = Path(cfg.data_path) / "datasets"
-    meta = {"env": cfg.env.model_dump(), "policy": policy_name, "config_hash": cfg.hash}
+    meta = {"env": cfg.env.model_dump(), "policy": policy_name, "config_hash": cfg.hash, "scrubbed": scrubbed}
     return CollectResult(
         episodes=save_records(episodes, root, "episodes", meta),
         failures=save_records(failures, root, "failures", meta),
         n_episodes=len(episodes),
         n_failures=len(failures),
+        scrubbed=scrubbed,
     )
 
 
@@ -86,7 +90,9 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     stats, episodes, errors = ImportStats(), [], []
     if c.source == "traces":
         for path in c.trace_paths:
-            got, errs = import_trace_file(path, c.since, c.until, skip_invalid=c.skip_invalid, stats=stats)
+            got, errs = import_trace_file(
+                path, c.since, c.until, skip_invalid=c.skip_invalid, stats=stats, max_record_bytes=c.max_record_bytes
+            )
             episodes += got
             errors += errs
         if errors and not c.skip_invalid:
@@ -94,10 +100,13 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     else:
         uri = c.mlflow_tracking_uri or cfg.tracking_uri
         episodes = import_mlflow_traces(uri, c.mlflow_experiment, c.since, c.until, stats=stats)
+    episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # untrusted text: scrubbed before it is stored
     root = Path(cfg.data_path) / "datasets"
     meta = {"sources": stats.sources, "window": [c.since, c.until], "invalid_skipped": stats.invalid}
-    ref = save_records(episodes, root, "failures", meta)
-    return CollectResult(episodes=ref, failures=ref, n_episodes=stats.records, n_failures=len(episodes))
+    ref = save_records(episodes, root, "failures", {**meta, "scrubbed": scrubbed})
+    return CollectResult(
+        episodes=ref, failures=ref, n_episodes=stats.records, n_failures=len(episodes), scrubbed=scrubbed
+    )
 
 
 def source_fingerprint(cfg: R2WConfig) -> str:
@@ -117,6 +126,6 @@ def source_fingerprint(cfg: R2WConfig) -> str:
     return ""
 
 
-collect_task = task(**expensive_stage("collect-failures", "models", "env", "agent", "collect", "runtime"))(
+collect_task = task(**expensive_stage("collect-failures", "models", "env", "agent", "collect", "runtime", "privacy"))(
     collect_failures
 )

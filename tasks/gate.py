@@ -39,6 +39,8 @@ class EvaluationResult(BaseModel):
     retention: dict[str, float]
     paired_student_vs_base: dict[str, int]
     episodes: DatasetRef
+    paired_teacher_vs_base: dict[str, int] = {}  # teacher WITH hints vs base, same seeds: the hint-harm gate
+    privacy: dict[str, float] = {}  # canary extraction counts (evaluation/canary.py)
 
 
 def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snapshot: str) -> EvaluationResult:
@@ -73,14 +75,27 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
         score_episodes("student", student_eps),
     ]
     retention = measure_retention(cfg, base_backend, student_backend)
+    privacy = probe_canaries(cfg, student_backend)
     episodes = base_eps + teacher_eps + student_eps
     ref = save_records(episodes, Path(cfg.data_path) / "datasets", "eval-episodes", {"config_hash": cfg.hash})
     return EvaluationResult(
         scores=scores,
         retention=retention,
         paired_student_vs_base=paired_counts(student_eps, base_eps),
+        paired_teacher_vs_base=paired_counts(teacher_eps, base_eps),
         episodes=ref,
+        privacy=privacy,
     )
+
+
+def probe_canaries(cfg: R2WConfig, student_backend) -> dict[str, float]:
+    """Greedy + sampled extraction attempts of every configured canary on the student."""
+    from evaluation.canary import canary_leaks
+
+    if not cfg.privacy.canaries:
+        return {"canary_leaks": 0.0, "canary_attempts": 0.0, "canaries": 0.0}
+    model = logits_model(student_backend, cfg.models.dtype) if hasattr(student_backend, "tokenizer") else None
+    return canary_leaks(cfg.privacy, student_backend, model, seed=cfg.runtime.seed)
 
 
 def measure_retention(cfg: R2WConfig, base_backend, student_backend) -> dict[str, float]:
@@ -139,14 +154,24 @@ def gate(
     cfg: R2WConfig, evaluation: EvaluationResult, leakage: dict[str, int], out_dir: Path, lineage: dict[str, str]
 ) -> tuple[GateReport, Path]:
     """Apply the configured gate policy and write the report (markdown, JSON, plot) to out_dir."""
-    report = apply_gates(cfg.gate, evaluation.scores, evaluation.retention, leakage)
+    report = apply_gates(
+        cfg.gate,
+        evaluation.scores,
+        evaluation.retention,
+        leakage,
+        privacy=evaluation.privacy,
+        teacher_vs_base=evaluation.paired_teacher_vs_base,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gate_report.md").write_text(render_markdown(report, lineage))
     (out_dir / "gate_report.json").write_text(report.model_dump_json(indent=2))
     (out_dir / "paired_student_vs_base.json").write_text(json.dumps(evaluation.paired_student_vs_base))
+    (out_dir / "paired_teacher_vs_base.json").write_text(json.dumps(evaluation.paired_teacher_vs_base))
     render_plot(report, out_dir / "gate_report.png")
     return report, out_dir
 
 
-evaluate_task = task(**expensive_stage("evaluate", "models", "env", "agent", "evaluate", "hints", "runtime"))(evaluate)
+evaluate_task = task(
+    **expensive_stage("evaluate", "models", "env", "agent", "evaluate", "hints", "runtime", "privacy")
+)(evaluate)
 gate_task = task(name="gate", cache_policy=NO_CACHE)(gate)

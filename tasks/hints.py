@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from prefect import task
@@ -24,6 +25,8 @@ class HintsResult(BaseModel):
     added: int = 0
     merged: int = 0
     curated_imported: int = 0  # curated records read from the packs (new or already stored)
+    quarantined: list[str] = Field(default_factory=list)  # failures with injection text: never extracted from
+    quarantine_kinds: dict[str, int] = Field(default_factory=dict)  # injection kind -> failures carrying it
     active_hints: int = 0
     snapshot_id: str = "empty"
 
@@ -39,11 +42,23 @@ def extract_and_store(
 ) -> HintsResult:
     """Import curated packs, then extract from at most `max_failures` failures and upsert the hints."""
     from prompts.hints import extract_hints  # imports dspy: after configure_environment
+    from r2w.hint_screen import HintScreen, trace_injection
 
     curated = 0
     for pack in hints_cfg.curated_packs:
         curated += store.import_jsonl(resolve_pack(pack), source_label="curated")["lines"]
-    chosen = select_failures(failures, hints_cfg.max_failures)
+    screen = HintScreen(hints_cfg)
+    quarantined: list[str] = []
+    kinds: Counter[str] = Counter()
+    clean: list[Episode] = []
+    for episode in failures:  # untrusted text that talks to the pipeline never reaches the extractor
+        found = trace_injection(episode, screen) if not episode.success else []
+        if found:
+            quarantined.append(episode.episode_id)
+            kinds.update(found)
+        else:
+            clean.append(episode)
+    chosen = select_failures(clean, hints_cfg.max_failures)
     module = None
     if hints_cfg.extractor.program and chosen:
         from prompts.optimize import load_extractor
@@ -56,6 +71,15 @@ def extract_and_store(
         if chosen
         else ([], {})
     )
+    rejected = dict(rejected)
+    passed = []
+    for hint in hints:
+        reason = screen.reason(hint.applicability, hint.text)
+        if reason is None:
+            passed.append(hint)
+        else:
+            rejected[f"screen_{reason}"] = rejected.get(f"screen_{reason}", 0) + 1
+    hints = passed
     counts = store.upsert(hints, run_id)
     return HintsResult(
         extracted=len(hints),
@@ -63,6 +87,8 @@ def extract_and_store(
         added=counts["added"],
         merged=counts["merged"],
         curated_imported=curated,
+        quarantined=quarantined,
+        quarantine_kinds=dict(kinds),
         active_hints=len(store.list(status="active")),
         snapshot_id=store.snapshot_id(),
     )

@@ -15,9 +15,11 @@ from pydantic import BaseModel
 
 from r2w.config import R2WConfig
 from r2w.contracts import GateReport
+from r2w.faults import fault_point
 from r2w.tracking import artifact_dir_uri, client_for, registry_lock
 
 CHALLENGER = "challenger"
+REGISTRATION = "r2w.registration"  # pending (created, no alias yet) -> complete
 
 
 class Registration(BaseModel):
@@ -60,16 +62,49 @@ def register_student(
     with registry_lock(cfg):
         if not _registered_model_exists(client, name):
             client.create_registered_model(name, description="r2w students (hint-free), reviewed before promotion")
-        version = client.create_model_version(
-            name,
-            source=artifact_dir_uri(client, run_id, "student/merged"),
-            run_id=run_id,
-            tags=tags,
-            description=description,
-        )
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
-    client.set_tag(run_id, "r2w.registered_version", str(version.version))
-    return Registration(registered=True, model_name=name, version=str(version.version), reason="all gates passed")
+        version = reconcile_pending(client, name, tags.get("r2w.student"))
+        if version is not None:
+            client.set_model_version_tag(name, version, "r2w.adopted_by_run", run_id)
+        else:
+            version = client.create_model_version(
+                name,
+                source=artifact_dir_uri(client, run_id, "student/merged"),
+                run_id=run_id,
+                tags={**tags, REGISTRATION: "pending"},
+                description=description,
+            ).version
+            fault_point("register:before_alias")
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        client.set_model_version_tag(name, version, REGISTRATION, "complete")
+    client.set_tag(run_id, "r2w.registered_version", str(version))
+    return Registration(registered=True, model_name=name, version=str(version), reason="all gates passed")
+
+
+def reconcile_pending(client, name: str, student: str | None) -> str | None:
+    """Finish what a killed registration left behind (call under the registry lock).
+
+    A version tagged `r2w.registration=pending` was created by a process that died before it
+    pointed `challenger` at it (the lock guarantees no live writer is mid-way). The same student
+    is adopted (its version number is returned, nothing new is created); any other pending
+    version is deleted, unless it already holds `challenger` (then only its tag was missing).
+    """
+    from mlflow.exceptions import MlflowException
+
+    pending = client.search_model_versions(f"name='{name}' and tags.`{REGISTRATION}` = 'pending'")
+    try:
+        challenger = str(client.get_model_version_by_alias(name, CHALLENGER).version)
+    except MlflowException:
+        challenger = None
+    adopted = None
+    for mv in sorted(pending, key=lambda v: int(v.version)):
+        version = str(mv.version)
+        if adopted is None and student and mv.tags.get("r2w.student") == student:
+            adopted = version
+        elif version == challenger:
+            client.set_model_version_tag(name, version, REGISTRATION, "complete")
+        else:
+            client.delete_model_version(name, version)
+    return adopted
 
 
 def _registered_model_exists(client, name: str) -> bool:

@@ -1,0 +1,90 @@
+"""Scrub personal data and secrets from episodes before anything stores them.
+
+Failure traces come from production agents: they can hold users' emails, phone numbers and
+pasted credentials. Everything downstream (the failures dataset, the extractor's prompts and
+DSPy cache, hints in Chroma, training data, MLflow dataset inputs) is built from the scrubbed
+episode, so scrubbing once at collect time covers every store. Each match becomes a
+placeholder naming its kind (`[EMAIL]`), so a hint can still say "WHEN the user gives an email".
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from r2w.config import PrivacyConfig
+from r2w.contracts import Episode
+
+# Order matters: specific token formats before the generic long-secret rules, emails before phones.
+BUILTIN_PATTERNS: dict[str, str] = {
+    "private_key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+    "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    "bearer": r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}",
+    "api_key": (
+        r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}"
+        r"|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|hf_[A-Za-z0-9]{20,})"
+    ),
+    "credential": r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\s*[:=]\s*[^\s,;\"']{6,}",
+    "email": r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+    "phone": r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)",
+    "hex_secret": r"\b[0-9a-fA-F]{32,}\b",
+    "base64_secret": r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*\d)(?=[A-Za-z0-9+/]*[A-Z])[A-Za-z0-9+/]{40,}={0,2}",
+}
+
+
+@dataclass
+class Scrubber:
+    """Regex scrubbing with per-kind counts; built-in kinds plus `privacy.patterns` from the config."""
+
+    patterns: dict[str, re.Pattern] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def from_config(cls, cfg: PrivacyConfig | None = None) -> Scrubber:
+        cfg = cfg or PrivacyConfig()
+        table = dict(BUILTIN_PATTERNS) if cfg.scrub else {}
+        if cfg.scrub:
+            table.update(cfg.patterns)
+        return cls({name: re.compile(p) for name, p in table.items()})
+
+    def text(self, value: str) -> str:
+        """The text with every match replaced by `[KIND]`; counts what it replaced."""
+        for name, pattern in self.patterns.items():
+            value, n = pattern.subn(f"[{name.upper()}]", value)
+            if n:
+                self.counts[name] += n
+        return value
+
+    def kinds_in(self, value: str) -> list[str]:
+        """Which kinds of private data `value` contains (no counting, no rewriting)."""
+        return [name for name, pattern in self.patterns.items() if pattern.search(value)]
+
+    def episode(self, episode: Episode) -> Episode:
+        """A copy of the episode with every free-text field scrubbed (ids, seeds and times untouched)."""
+        if not self.patterns:
+            return episode
+        steps = [
+            s.model_copy(
+                update={
+                    "observation": self.text(s.observation),
+                    "valid_actions": [self.text(a) for a in s.valid_actions],
+                    "prompt": [m.model_copy(update={"content": self.text(m.content)}) for m in s.prompt],
+                    "response": self.text(s.response),
+                    "action": self.text(s.action),
+                }
+            )
+            for s in episode.steps
+        ]
+        return episode.model_copy(
+            update={"task": self.text(episode.task), "outcome": self.text(episode.outcome), "steps": steps}
+        )
+
+    def episodes(self, episodes: list[Episode]) -> list[Episode]:
+        return [self.episode(e) for e in episodes]
+
+
+def scrub_episodes(episodes: list[Episode], cfg: PrivacyConfig | None = None) -> tuple[list[Episode], dict[str, int]]:
+    """Scrubbed copies of `episodes` and how many matches of each kind were replaced."""
+    scrubber = Scrubber.from_config(cfg)
+    return scrubber.episodes(episodes), dict(scrubber.counts)
