@@ -9,7 +9,6 @@ error; 2 bad input (config, trace files, model paths, arguments: named in the me
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from r2w.config import ConfigError, R2WConfig, load_config, merge_overrides
+from r2w.config import ConfigError, R2WConfig, load_config, merge_overrides, parse_sets
 from r2w.runtime import configure_environment
 
 app = typer.Typer(help="r2w: move an agent's retrieved lessons (hints) into its weights.", no_args_is_help=True)
@@ -34,21 +33,8 @@ ConfigOpt = typer.Option("demo", "--config", "-c", help="bundled config name (de
 SetOpt = typer.Option(None, "--set", help="override a config field, e.g. --set teach.samples=8 (repeatable)")
 
 
-def _parse_sets(sets: list[str] | None) -> dict:
-    overrides = {}
-    for item in sets or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
-
-
 def _load(config: str, sets: list[str] | None = None) -> R2WConfig:
-    cfg = load_config(config, _parse_sets(sets))
+    cfg = load_config(config, parse_sets(sets))
     configure_environment(cfg.data_dir)
     return cfg
 
@@ -59,7 +45,7 @@ def _flow_inputs(config: str, sets: list[str] | None) -> tuple[R2WConfig, dict]:
         cfg = _load(config, sets)
     except ConfigError as exc:
         _fail(str(exc))
-    return cfg, {**_parse_sets(sets), "data_dir": str(cfg.data_path)}
+    return cfg, {**parse_sets(sets), "data_dir": str(cfg.data_path)}
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -84,7 +70,9 @@ def models_pull(
 def run(
     config: str = ConfigOpt,
     set_: list[str] = SetOpt,
-    fail_on_gate: bool = typer.Option(False, help="exit 3 when the student fails its gates"),
+    fail_on_gate: bool = typer.Option(
+        False, help="exit 3 when a student was gated and failed (a run stopped early with a reason exits 0)"
+    ),
     stack: bool = typer.Option(False, "--stack", help="run against the servers of `r2w stack up`"),
 ) -> None:
     """Run the retrain flow once (ephemeral Prefect unless PREFECT_API_URL is set) and print a summary."""
@@ -112,7 +100,7 @@ def run(
     except HintStoreUnavailable as exc:
         _fail(str(exc), 4)
     print_summary(summary)
-    if fail_on_gate and not summary.gate_passed:
+    if fail_on_gate and summary.report_path and not summary.gate_passed:  # a gate ran and said no
         raise typer.Exit(3)
 
 
@@ -567,7 +555,7 @@ def collect_parallel(
     cfg = _load(config, set_)
     from flows.parallel_collect import run_parallel_collect
 
-    out = run_parallel_collect(config, {**_parse_sets(set_), "data_dir": str(cfg.data_path)}, shards)
+    out = run_parallel_collect(config, {**parse_sets(set_), "data_dir": str(cfg.data_path)}, shards)
     console.print(
         f"{out['episodes']['rows']} episodes ({out['failures']['rows']} failures) from workers {out['worker_pids']}:"
         f" {out['failures']['path']}"

@@ -22,12 +22,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from r2w.backends import make_backend
+from r2w.backends import make_backend, make_student_backend
 from r2w.config import R2WConfig, load_config
 from r2w.contracts import Episode, Trajectory, content_hash, utcnow
 from r2w.datasets import load_records, save_records
 from r2w.faults import fault_point
 from r2w.models import resolve_model
+from r2w.privacy import loggable_config
 from r2w.runtime import configure_environment, set_torch_threads
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
@@ -157,7 +158,7 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
     set_torch_threads(cfg.runtime.torch_threads)
     client = client_for(cfg)
     run_id = start_run(client, cfg, f"retrain-{cfg.name}", tags={"r2w.config_hash": cfg.hash})
-    log_params(client, run_id, cfg.model_dump(mode="json"))
+    log_params(client, run_id, loggable_config(cfg))  # canary secrets only as hashes
     summary = RunSummary(
         mlflow_run_id=run_id, config=cfg.name, model_name=cfg.registry.model_name, started_at=str(utcnow())
     )
@@ -314,7 +315,9 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
     )
 
     # 5. evaluate hint-free on held-out games, then gate
-    student_backend = make_backend("transformers", start.path, adapter_path=student.adapter_dir, dtype=cfg.models.dtype)
+    student_backend = make_student_backend(
+        cfg.models.backend, start.path, student.adapter_dir, student.merged_dir, cfg.models.dtype, cfg.runtime.seed
+    )
     evaluation = run_stage(summary, "evaluate", evaluate_task, cfg, base, student_backend, store.retrieve, snapshot)
     report, report_dir = run_stage(summary, "gate", gate_task, cfg, evaluation, leakage, run_dir, lineage)
     summary.scores = {s.policy: format_score(s) for s in evaluation.scores}

@@ -14,6 +14,8 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
@@ -140,6 +142,10 @@ class HintStore:
 
         self.cfg = cfg
         settings = Settings(anonymized_telemetry=False)
+        # Upserts read the category's hints, then write merges: two processes doing that at once could
+        # lose a merge or add one lesson twice. One writer at a time per collection on this machine.
+        self._lock_path = Path(data_dir) / "locks" / f"hints-{cfg.collection}.lock"
+        self._gen_path = Path(data_dir) / "locks" / f"hints-{cfg.collection}.generation"
         if cfg.chroma_url:
             url = urlparse(cfg.chroma_url)
             if not url.hostname:
@@ -157,10 +163,53 @@ class HintStore:
         else:
             path = Path(data_dir) / "chroma"
             path.mkdir(parents=True, exist_ok=True)
+            self._path, self._settings = path, settings
+            self._seen = self._generation()  # read before opening: a later write only makes us reopen once more
             self.client = chromadb.PersistentClient(path=str(path), settings=settings)
             self.collection = self._collection()
         where = cfg.chroma_url or str(Path(data_dir).resolve() / "chroma")
         self.identity = f"chroma:{where}:{cfg.collection}"  # enters Prefect cache keys
+
+    # An on-disk Chroma client caches its view of the files: after another process writes, its next
+    # write fails ("Error finding id"). Every write bumps a generation file; a client that sees a
+    # generation it did not write reopens the files before touching them.
+    def _generation(self) -> str:
+        try:
+            return self._gen_path.read_text()
+        except OSError:
+            return ""
+
+    def _fresh(self) -> None:
+        if self.cfg.chroma_url:
+            return  # a server serves one consistent view
+        gen = self._generation()
+        if gen != self._seen:
+            import chromadb
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            # a new system for this path (the cached one is stale); other clients keep the old one
+            SharedSystemClient._identifier_to_system.pop(str(self._path), None)
+            self.client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
+            self.collection = self._collection()
+            self._seen = gen
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        import fcntl
+        import os
+        import uuid
+
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                self._fresh()
+                yield
+            finally:
+                if not self.cfg.chroma_url:
+                    self._seen = f"{os.getpid()}-{uuid.uuid4().hex}"
+                    self._gen_path.write_text(self._seen)
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _collection(self):
         return self.client.get_or_create_collection(
@@ -172,9 +221,11 @@ class HintStore:
     # ----- reading -------------------------------------------------------------------------
 
     def count(self) -> int:
+        self._fresh()
         return self.collection.count()
 
     def get(self, hint_id: str) -> Hint:
+        self._fresh()
         got = self.collection.get(ids=[hint_id], include=["metadatas"])
         if not got["ids"]:
             raise KeyError(f"no hint {hint_id!r} in collection {self.cfg.collection!r}")
@@ -182,12 +233,14 @@ class HintStore:
 
     def list(self, category: str | None = None, status: str | None = None) -> list[Hint]:
         """All hints, optionally of one category and/or status, oldest first."""
+        self._fresh()
         got = self.collection.get(where=_where(category, status), include=["metadatas"])
         hints = [_hint(m) for m in got["metadatas"]]
         return sorted(hints, key=lambda h: (h.category, h.created_at, h.hint_id))
 
     def retrieve(self, category: str, query: str, k: int) -> list[Hint]:
         """Top-k active hints of `category` by semantic similarity to `query`."""
+        self._fresh()
         if k <= 0 or self.count() == 0:
             return []
         found = self.collection.query(
@@ -207,12 +260,14 @@ class HintStore:
 
     def upsert(self, hints: list[Hint], run_id: str) -> dict[str, int]:
         """Add new hints, merge near-duplicates into existing ones (support, provenance)."""
-        return self._upsert(hints, run_id)
+        with self._writer():
+            return self._upsert(hints, run_id)
 
     def set_status(self, hint_id: str, status: Literal["active", "disabled"]) -> Hint:
-        hint = self.get(hint_id).model_copy(update={"status": status, "updated_at": utcnow()})
-        hint = Hint.model_validate(hint.model_dump())  # rejects an unknown status
-        self._write([hint])
+        with self._writer():
+            hint = self.get(hint_id).model_copy(update={"status": status, "updated_at": utcnow()})
+            hint = Hint.model_validate(hint.model_dump())  # rejects an unknown status
+            self._write([hint])
         return hint
 
     def update_text(self, hint_id: str, text: str, applicability: str | None = None) -> Hint:
@@ -224,7 +279,8 @@ class HintStore:
         if applicability is not None:
             update["applicability"] = normalize_text(applicability)
         hint = hint.model_copy(update=update)
-        self._write([hint])
+        with self._writer():
+            self._write([hint])
         return hint
 
     def export_jsonl(self, path: str | Path) -> int:
@@ -256,7 +312,8 @@ class HintStore:
             reason = screen.reason(hints[-1].applicability, hints[-1].text)
             if reason is not None:
                 raise ValueError(f"{path}:{lineno}: hint rejected by the screen ({reason}): {hints[-1].text[:80]!r}")
-        counts = self._upsert(hints, run_id=None)
+        with self._writer():
+            counts = self._upsert(hints, run_id=None)
         counts["lines"] = len(hints)
         return counts
 

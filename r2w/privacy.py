@@ -88,3 +88,18 @@ def scrub_episodes(episodes: list[Episode], cfg: PrivacyConfig | None = None) ->
     """Scrubbed copies of `episodes` and how many matches of each kind were replaced."""
     scrubber = Scrubber.from_config(cfg)
     return scrubber.episodes(episodes), dict(scrubber.counts)
+
+
+def loggable_config(cfg) -> dict:
+    """The config as logged to MLflow params: canary secrets replaced by a short hash.
+
+    A canary is only useful while it appears nowhere but in the traces it was planted in.
+    """
+    import hashlib
+
+    dumped = cfg.model_dump(mode="json")
+    dumped["privacy"]["canaries"] = [
+        {"prefix": c["prefix"], "secret_sha256": hashlib.sha256(c["secret"].encode()).hexdigest()[:12]}
+        for c in dumped["privacy"]["canaries"]
+    ]
+    return dumped

@@ -1,0 +1,153 @@
+"""Concurrency: registry writes for one model never interleave across processes, and two backfills over
+overlapping windows store each hint once (content-hash ids, upserts, one writer per collection).
+Two flows for one model in one process: tests/test_orchestration.py::test_two_runs_for_one_model_are_serialised."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from robust_helpers import LESSONS, REPO, lesson_for, passing_report, window_episodes, write_traces
+
+from r2w.config import HintsConfig, load_config
+
+HERE = Path(__file__).resolve().parent
+
+
+def _start(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
+
+
+def test_registry_lock_never_interleaves_two_processes(tmp_path):
+    log = tmp_path / "lock.log"
+    code = f"""
+        import os, time
+        from r2w.config import load_config
+        from r2w.tracking import registry_lock
+        cfg = load_config("test", {{"data_dir": {str(tmp_path)!r}, "registry": {{"model_name": "r2w-lock"}}}})
+        for _ in range(15):
+            with registry_lock(cfg):
+                with open({str(log)!r}, "a") as fh:
+                    fh.write(f"start {{os.getpid()}}\\n"); fh.flush(); time.sleep(0.01)
+                    fh.write(f"end {{os.getpid()}}\\n")
+    """
+    _finish([_start(code), _start(code)])
+    lines = log.read_text().split()
+    pairs = list(zip(lines[0::4], lines[1::4], lines[2::4], lines[3::4], strict=True))
+    assert len(pairs) == 30
+    assert all(a == "start" and c == "end" and b == d for a, b, c, d in pairs), "two writers inside the lock at once"
+
+
+def test_two_processes_registering_one_model_never_interleave(tmp_path):
+    """Each registration is create-version + move-challenger under the lock: the alias ends on the last
+    version created, and every version is complete (interleaving would leave challenger on an older one)."""
+    from r2w.tracking import client_for, start_run
+
+    passing_report(tmp_path / "gate")
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    code = """
+        import sys
+        from r2w.runtime import configure_environment
+        configure_environment(sys.argv[1])
+        from pathlib import Path
+        from r2w.config import load_config
+        from r2w.contracts import GateReport
+        from r2w.tracking import client_for, start_run
+        from tasks.register import register_student
+        cfg = load_config("test", {"data_dir": sys.argv[1], "registry": {"model_name": "r2w-concurrent"}})
+        gate = Path(sys.argv[1]) / "gate"
+        report = GateReport.model_validate_json((gate / "gate_report.json").read_text())
+        folder, writer = Path(sys.argv[1]) / "student", sys.argv[2]
+        client = client_for(cfg)
+        for i in range(3):
+            run_id = start_run(client, cfg, f"{writer}-{i}")
+            reg = register_student(cfg, run_id, report, gate, folder, folder, {"student": f"{writer}-{i}"})
+            print(reg.version)
+    """
+    cfg = load_config("test", {"data_dir": str(tmp_path), "registry": {"model_name": "r2w-concurrent"}})
+    client = client_for(cfg)
+    start_run(client, cfg, "create-the-store")  # the SQLite store exists before the writers race (as in use)
+    procs = [_start(code, str(tmp_path), writer) for writer in ("A", "B")]
+    outs = [[int(v) for v in out.split()] for out in _finish(procs)]
+    assert all(o == sorted(o) and len(o) == 3 for o in outs) and sorted(outs[0] + outs[1]) == [1, 2, 3, 4, 5, 6]
+    versions = client.search_model_versions("name='r2w-concurrent'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4, 5, 6]
+    assert all(v.tags["r2w.registration"] == "complete" for v in versions)
+    assert str(client.get_model_version_by_alias("r2w-concurrent", "challenger").version) == "6"
+    by_writer = {v.tags["r2w.student"]: int(v.version) for v in versions}
+    for writer, mine in zip("AB", outs, strict=True):
+        assert [by_writer[f"{writer}-{i}"] for i in range(3)] == mine  # tags belong to the version created
+
+
+def test_overlapping_backfill_windows_store_each_hint_once(tmp_path):
+    """Two processes import overlapping windows of the same traces and write their hints concurrently."""
+    from r2w.hintstore import HintStore
+    from r2w.traces import import_trace_file
+
+    episodes = window_episodes(24)
+    traces = write_traces(tmp_path / "traces.jsonl", episodes)
+    code = """
+        import sys
+        from r2w.runtime import configure_environment
+        configure_environment(sys.argv[1] + "/cache-" + sys.argv[2])
+        from r2w.config import HintsConfig
+        from r2w.hintstore import HintStore
+        from r2w.traces import import_trace_file
+        from robust_helpers import lesson_for
+        failures, errors = import_trace_file(sys.argv[3], since=sys.argv[4], until=sys.argv[5])
+        assert not errors, errors
+        store = HintStore(HintsConfig(collection="backfill-hints"), sys.argv[1])
+        for episode in failures:  # one read-modify-write per failure: many chances to race
+            store.upsert([lesson_for(episode)], run_id="backfill-" + sys.argv[2])
+        print(len(failures))
+    """
+    windows = [("a", "2026-11-01", "2026-11-03"), ("b", "2026-11-02", "2026-11-04")]
+    procs = [_start(code, str(tmp_path), name, str(traces), since, until) for name, since, until in windows]
+    counts = [int(out) for out in _finish(procs)]
+    overlap = {e.episode_id for e in import_trace_file(traces, "2026-11-02", "2026-11-03")[0]}
+    assert counts == [12, 12] and len(overlap) == 6  # the day both windows cover
+
+    union = {e.episode_id: e for e in import_trace_file(traces, "2026-11-01", "2026-11-04")[0]}
+    store = HintStore(HintsConfig(collection="backfill-hints"), tmp_path)
+    hints = store.list()
+    assert len(hints) == len(LESSONS) and len({h.hint_id for h in hints}) == len(LESSONS)
+    for hint in hints:
+        cited = sorted(e for e, ep in union.items() if lesson_for(ep).hint_id == hint.hint_id)
+        assert sorted(hint.provenance.episode_ids) == cited, "an episode's evidence lost or counted twice"
+        assert hint.support == len(cited)
+        assert sorted(hint.provenance.run_ids) == ["backfill-a", "backfill-b"]
+
+
+def test_same_window_twice_changes_nothing(tmp_path):
+    """Re-running a finished window (sequential backfill rerun) adds no hint and no support."""
+    from r2w.hintstore import HintStore
+
+    store = HintStore(HintsConfig(collection="rerun-hints"), tmp_path)
+    hints = [lesson_for(e) for e in window_episodes(8)]
+    store.upsert(hints, run_id="first")
+    before = [h.model_dump_json(exclude={"updated_at"}) for h in store.list()]
+    again = store.upsert(hints, run_id="first")
+    assert again["added"] == 0 and again["merged"] == 0
+    assert [h.model_dump_json(exclude={"updated_at"}) for h in store.list()] == before
+    assert load_config("test").hints.collection  # the default collection name is valid (>= 3 chars)
