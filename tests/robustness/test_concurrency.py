@@ -105,7 +105,7 @@ def test_overlapping_backfill_windows_store_each_hint_once(tmp_path):
     from r2w.hintstore import HintStore
     from r2w.traces import import_trace_file
 
-    episodes = window_episodes(24)
+    episodes = window_episodes(12)
     traces = write_traces(tmp_path / "traces.jsonl", episodes)
     code = """
         import sys
@@ -126,7 +126,7 @@ def test_overlapping_backfill_windows_store_each_hint_once(tmp_path):
     procs = [_start(code, str(tmp_path), name, str(traces), since, until) for name, since, until in windows]
     counts = [int(out) for out in _finish(procs)]
     overlap = {e.episode_id for e in import_trace_file(traces, "2026-11-02", "2026-11-03")[0]}
-    assert counts == [12, 12] and len(overlap) == 6  # the day both windows cover
+    assert counts == [6, 6] and len(overlap) == 3  # the day both windows cover
 
     union = {e.episode_id: e for e in import_trace_file(traces, "2026-11-01", "2026-11-04")[0]}
     store = HintStore(HintsConfig(collection="backfill-hints"), tmp_path)

@@ -186,7 +186,11 @@ def test_harmful_hint_that_passes_the_screen_is_caught_by_the_gate(tiny_backend,
 
     cfg = load_config(
         "test",
-        {"data_dir": str(tmp_path), "evaluate": {"test_episodes": 20, "random_episodes": 2}, "gate": {"max_kl": 1e9}},
+        {
+            "data_dir": str(tmp_path),
+            "evaluate": {"test_episodes": 20, "random_episodes": 2, "retention_tasks": 1, "general_passages": 2},
+            "gate": {"max_kl": 1e9},
+        },
     )
     policy = HintObeyingFakeBackend(tiny_backend)
     evaluation = evaluate(cfg, policy, policy, lambda category, query, k: [harmful][:k], "harmful")
