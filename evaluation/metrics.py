@@ -49,3 +49,28 @@ def paired_counts(a: list[Episode], b: list[Episode]) -> dict[str, int]:
 
 def format_score(s: PolicyScore) -> str:
     return f"{s.rate:.0%} ({s.successes}/{s.n}, 95% CI {s.ci_low:.0%}-{s.ci_high:.0%})"
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant pairs of a paired per-seed comparison."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(table: dict[str, int], z: float = 1.96) -> tuple[float, float, float]:
+    """Rate(a) - rate(b) on the same seeds with a 95% interval (Wald on paired differences).
+
+    Paired seeds cancel the per-seed difficulty that two independent intervals would double count.
+    """
+    n = sum(table.values())
+    if n == 0:
+        return 0.0, -1.0, 1.0
+    a, b = table["only_a"] / n, table["only_b"] / n
+    diff = a - b
+    var = (a + b - diff * diff) / n
+    half = z * math.sqrt(max(var, 0.0))
+    return diff, max(-1.0, diff - half), min(1.0, diff + half)

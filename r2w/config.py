@@ -6,6 +6,7 @@ something that stage depends on changes (changing a gate threshold does not retr
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -353,6 +354,20 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+
+
+def parse_sets(sets: list[str] | None) -> dict:
+    """`--set key=value` items as a dotted-override dict; values parse as JSON when they can."""
+    overrides: dict = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def merge_overrides(base: dict | None, extra: dict) -> dict:

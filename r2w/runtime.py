@@ -27,7 +27,12 @@ _OFFLINE_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
+    # child processes (vLLM engine core, Dask workers) read these at start; this process gets mallopt below
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": "131072",
 }
+# glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 
 
 def configure_environment(data_dir: str | Path) -> Path:
@@ -46,7 +51,29 @@ def configure_environment(data_dir: str | Path) -> Path:
     }
     for key, path in caches.items():
         os.environ.setdefault(key, str(path))
+    limit_heap_fragmentation()
     return data
+
+
+def limit_heap_fragmentation() -> None:
+    """Serve large blocks from mmap and cap malloc arenas, so freed tensors go back to the OS.
+
+    Why: LoRA training on CPU with variable-length batches grew the process by ~100 MB per step
+    under glibc's defaults (5.8 -> 9.9 GB in 40 SmolLM2 steps, then the OOM killer); with these
+    settings it stayed at 2-4 GB. No-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_ARENA_MAX, int(os.environ.get("MALLOC_ARENA_MAX", "2")))
+        libc.mallopt(_M_MMAP_THRESHOLD, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")))
+    except (OSError, AttributeError):  # not glibc
+        return
 
 
 def set_torch_threads(n: int) -> None:

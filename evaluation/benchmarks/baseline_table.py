@@ -1,6 +1,7 @@
 """Baseline: the base SmolLM2 agent per TextWorldExpress game type and per reasoning-gym family.
 
-The agent is the pipeline's own (`tasks.collect.agent_policy` on the demo config: greedy,
+The agent is the pipeline's own (`tasks.collect.agent_policy` on the demo config: greedy (and with
+`--sampled` one temperature-1 sample),
 replies constrained to the valid actions, 3 history turns; free-text answers of up to
 `agent.answer_max_new_tokens` tokens on reasoning-gym). Each suite is played on the first
 `--n` seeds of the benchmark's TEST split (TWX's own test fold; reasoning-gym seeds 20000+).
@@ -11,6 +12,8 @@ Every rate has n and a 95% Wilson interval. Rows are printed as they finish; `--
 Command (repo root, venv active; ~30-60 min on a loaded 2-core CPU):
 
     python -m evaluation.benchmarks.baseline_table --n 20 --random-n 100 --max-steps 15 --out .r2w/baseline.json
+    python -m evaluation.benchmarks.baseline_table --games simonsays,peckingorder,arithmetic --families '' \\
+        --n 100 --random-n 100 --sampled      # issue 10's game pick (vLLM)
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-steps", type=int, default=15)
     parser.add_argument("--games", default=",".join(GAMES))
     parser.add_argument("--families", default=",".join(RG_FAMILIES))
+    parser.add_argument("--backend", default="auto", help="auto (vLLM when installed) | vllm | transformers")
+    parser.add_argument("--sampled", action="store_true", help="also one sample at temperature 1 (base sampled)")
     parser.add_argument("--data-dir", default=".r2w")
     parser.add_argument("--out", default=None, help="JSON file for the rows (rewritten after each suite)")
     args = parser.parse_args(argv)
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     set_torch_threads(1)
     from evaluation.environments import make_environment
     from evaluation.metrics import score_episodes
-    from r2w.backends.hf import TransformersBackend
+    from r2w.backends import make_backend
     from r2w.config import load_config
     from r2w.models import resolve_model
     from r2w.rollout import RandomPolicy, run_episodes
@@ -77,14 +82,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     cfg = load_config("demo", {"data_dir": args.data_dir})
     dtype = "float32" if args.model == "tiny" else cfg.models.dtype
-    backend = TransformersBackend(resolve_model(args.model, args.data_dir), dtype=dtype)
+    backend = make_backend(args.backend, resolve_model(args.model, args.data_dir), dtype=dtype)
     policy = agent_policy(cfg, backend, "base", temperature=0.0)
+    sampled = agent_policy(cfg, backend, "base-sampled", temperature=1.0)
     games = [g for g in args.games.split(",") if g]
     families = [f for f in args.families.split(",") if f]
     rows: list[dict] = []
-    header = "| suite | params | n | base success (95% CI) | random n | random success (95% CI) | base s/episode |"
-    print(f"\nbaseline: {args.model}, greedy, constrained, max {args.max_steps} steps, test seeds\n")
-    print(header + "\n|---|---|---:|---|---:|---|---:|", flush=True)
+    header = (
+        "| suite | params | n | base greedy (95% CI) | base sampled T=1 | random n | random (95% CI) | base s/episode |"
+    )
+    print(f"\nbaseline: {args.model}, constrained, max {args.max_steps} steps, test seeds\n")
+    print(header + "\n|---|---|---:|---|---|---:|---|---:|", flush=True)
     for name, env_cfg, params in suites(games, families, args.max_steps):
         factory = make_environment(env_cfg)
         start = time.perf_counter()
@@ -93,11 +101,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
             [(t, 0) for t in factory.tasks("test", args.n)],
             policy,
             args.max_steps,
-            batch_size=args.n,
+            batch_size=min(args.n, 64),
             config_hash=cfg.hash,
             desc=f"{name} base",
         )
         per_episode = (time.perf_counter() - start) / args.n
+        samp = None
+        if args.sampled:
+            samp = run_episodes(
+                factory,
+                [(t, 0) for t in factory.tasks("test", args.n)],
+                sampled,
+                args.max_steps,
+                batch_size=min(args.n, 64),
+                config_hash=cfg.hash,
+                desc=f"{name} base sampled",
+            )
         rand = run_episodes(
             factory,
             [(t, 0) for t in factory.tasks("test", args.random_n)],
@@ -107,16 +126,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             desc=f"{name} random",
         )
         b, r = score_episodes("base", base), score_episodes("random", rand)
+        s = score_episodes("base-sampled", samp) if samp is not None else None
         row = {
             "suite": name,
             "params": params,
             "base": b.model_dump(),
             "random": r.model_dump(),
+            "base_sampled": s.model_dump() if s else None,
             "s_per_episode": per_episode,
         }
         rows.append(row)
         print(
-            f"| {name} | `{params}` | {b.n} | {fmt(b)} | {r.n} | {fmt(r)} | {per_episode:.1f} |",
+            f"| {name} | `{params}` | {b.n} | {fmt(b)} | {fmt(s) if s else '-'} | {r.n} | {fmt(r)} "
+            f"| {per_episode:.1f} |",
             flush=True,
         )
         if args.out:

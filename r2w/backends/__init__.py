@@ -6,7 +6,7 @@ from pathlib import Path
 
 from r2w.backends.base import Completion, GenerationBackend, SamplingParams
 
-__all__ = ["Completion", "GenerationBackend", "SamplingParams", "make_backend"]
+__all__ = ["Completion", "GenerationBackend", "SamplingParams", "make_backend", "make_student_backend"]
 
 
 def make_backend(
@@ -55,6 +55,20 @@ def make_backend(
             server.url, model=server.model_name, choice_mode="trie", per_request_seed=False, server=server
         )
     raise ValueError(f"models.backend: unknown backend {kind!r} (expected auto, transformers, vllm or openai)")
+
+
+def make_student_backend(
+    kind: str, base_path: str | Path, adapter_dir: str | Path, merged_dir: str | Path, dtype: str, seed: int = 0
+) -> GenerationBackend:
+    """The trained student for evaluation: its merged folder on vLLM when the config's backend is vLLM.
+
+    The merged weights are verified against the adapter before this (r2w.training.merge_and_verify), and a
+    plain model runs at full vLLM speed on CPU where a LoRA adapter does not; on transformers the adapter
+    is loaded on its base, as trained.
+    """
+    if kind == "vllm" or (kind == "auto" and _vllm_available()):
+        return make_backend("vllm", merged_dir, dtype=dtype, seed=seed)
+    return make_backend("transformers", base_path, adapter_path=adapter_dir, dtype=dtype, seed=seed)
 
 
 def _vllm_available() -> bool:

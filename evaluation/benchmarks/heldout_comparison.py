@@ -1,0 +1,197 @@
+"""Held-out comparison for issue 10: every policy on the same >=200 test seeds, paired per seed.
+
+Policies (same prompt template, same constrained valid-action choice, same seeds):
+  random           uniformly random valid action
+  base greedy      the base model, no hints, temperature 0
+  base sampled     the base model, no hints, one sample at the teacher's temperature
+  teacher greedy   the base model WITH the run's retrieved hints (k from the config), temperature 0
+  teacher sampled  the same, one sample at the teacher's temperature (the teacher's single-sample rate)
+  student          the trained student, hint-free, temperature 0
+Retention in success points: base greedy vs student greedy on never-trained suites
+(`evaluate.retention_games` TWX games and `evaluate.retention_families` reasoning-gym families).
+Per policy: success with n and a 95% Wilson interval, mean steps and tokens per episode (prompt +
+completion); per comparison: the paired table, the difference with a 95% interval and an exact
+McNemar p-value. Base and student each run in one vLLM engine (the student from its merged folder,
+which r2w verified against the trained adapter), else on transformers.
+
+    python -m evaluation.benchmarks.heldout_comparison --config peckingorder \
+        --student .r2w-po/students/<id>/merged --n 200 --out evaluation/results/peckingorder.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from r2w.runtime import configure_environment, set_torch_threads
+
+
+def _score(name: str, episodes) -> dict:
+    from evaluation.metrics import score_episodes
+
+    return score_episodes(name, episodes).model_dump()
+
+
+def _compare(a_name: str, a, b_name: str, b) -> dict:
+    from evaluation.metrics import mcnemar_p, paired_counts, paired_difference
+
+    table = paired_counts(a, b)
+    diff, low, high = paired_difference(table)
+    return {
+        "a": a_name,
+        "b": b_name,
+        "table": table,
+        "diff": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "p_mcnemar": mcnemar_p(table["only_a"], table["only_b"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--student", required=True, help="merged student model folder (or a HF model folder)")
+    parser.add_argument("--n", type=int, default=200, help="held-out test seeds per suite")
+    parser.add_argument("--offset", type=int, default=0, help="first test seed index")
+    parser.add_argument("--backend", default="auto", help="auto | vllm | transformers")
+    parser.add_argument("--retention-n", type=int, default=None, help="seeds per retention suite (default --n)")
+    parser.add_argument("--label", default="", help="row label for the experiment log")
+    parser.add_argument("--out", default=None, help="JSON file (written atomically)")
+    args = parser.parse_args(argv)
+
+    from r2w.config import EnvConfig, load_config, parse_sets
+
+    cfg = load_config(args.config, parse_sets(args.set))
+    configure_environment(cfg.data_dir)
+    set_torch_threads(cfg.runtime.torch_threads)
+
+    from evaluation.environments import make_environment
+    from r2w.backends import make_backend
+    from r2w.hintstore import HintStore
+    from r2w.models import resolve_model
+    from r2w.rollout import RandomPolicy, run_episodes
+    from tasks.collect import agent_policy
+    from tasks.teach import hint_provider
+
+    started = time.perf_counter()
+    factory = make_environment(cfg.env)
+    jobs = [(t, 0) for t in factory.tasks("test", args.n, offset=args.offset)]
+    batch = min(cfg.agent.batch_size, 64)
+    temp = cfg.teach.temperature
+    store = HintStore(cfg.hints, cfg.data_path)
+    hints = hint_provider(store.retrieve, cfg.hints.k)
+
+    def play(backend, name: str, temperature: float, with_hints: bool = False, fac=None, suite_jobs=None):
+        fac = fac or factory
+        return run_episodes(
+            fac,
+            suite_jobs or jobs,
+            agent_policy(cfg, backend, name, temperature),
+            cfg.env.max_steps,
+            batch,
+            config_hash=cfg.hash,
+            desc=name,
+            hints_for=hints if with_hints else None,
+        )
+
+    retention_suites = [
+        (g, EnvConfig(name="twx", game=g, params=cfg.evaluate.retention_params, max_steps=cfg.env.max_steps))
+        for g in cfg.evaluate.retention_games
+    ] + [(f"rg:{f}", EnvConfig(name="reasoning_gym", families=[f])) for f in cfg.evaluate.retention_families]
+    rn = args.retention_n or args.n
+    retention_jobs = {}
+    for key, env_cfg in retention_suites:
+        fac = make_environment(env_cfg)
+        retention_jobs[key] = (fac, [(t, 0) for t in fac.tasks("test", rn)])
+
+    eps: dict[str, list] = {}
+    eps["random"] = run_episodes(factory, jobs, RandomPolicy(cfg.runtime.seed), cfg.env.max_steps, batch, desc="random")
+    base = make_backend(args.backend, resolve_model(cfg.models.base, cfg.data_path), dtype=cfg.models.dtype)
+    eps["base greedy"] = play(base, "base", 0.0)
+    eps["base sampled"] = play(base, "base-sampled", temp)
+    eps["teacher greedy"] = play(base, "teacher", 0.0, with_hints=True)
+    eps["teacher sampled"] = play(base, "teacher-sampled", temp, with_hints=True)
+    retention: dict[str, dict] = {}
+    for key, (fac, rjobs) in retention_jobs.items():
+        retention[key] = {"base": play(base, f"retention {key} base", 0.0, fac=fac, suite_jobs=rjobs)}
+    close = getattr(base, "close", None)
+    if close:
+        close()
+    student = make_backend(args.backend, Path(args.student), dtype=cfg.models.dtype)
+    eps["student"] = play(student, "student", 0.0)
+    for key, (fac, rjobs) in retention_jobs.items():
+        retention[key]["student"] = play(student, f"retention {key} student", 0.0, fac=fac, suite_jobs=rjobs)
+
+    scores = {name: _score(name, e) for name, e in eps.items()}
+    comparisons = [_compare("student", eps["student"], other, eps[other]) for other in eps if other != "student"] + [
+        _compare("teacher sampled", eps["teacher sampled"], "base sampled", eps["base sampled"])
+    ]
+    retention_rows = {
+        key: {
+            "base": _score("base", pair["base"]),
+            "student": _score("student", pair["student"]),
+            "paired": _compare("student", pair["student"], "base", pair["base"]),
+        }
+        for key, pair in retention.items()
+    }
+    result = {
+        "meta": {
+            "label": args.label,
+            "config": args.config,
+            "overrides": args.set,
+            "env": cfg.env.model_dump(mode="json"),
+            "student": str(args.student),
+            "n": args.n,
+            "hint_snapshot": store.snapshot_id(),
+            "hints_k": cfg.hints.k,
+            "teacher_temperature": temp,
+            "minutes": (time.perf_counter() - started) / 60,
+            "date": datetime.now(UTC).isoformat(),
+        },
+        "scores": scores,
+        "comparisons": comparisons,
+        "retention": retention_rows,
+    }
+    print(render(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+    return result
+
+
+def render(result: dict) -> str:
+    """Markdown tables: scores, paired comparisons, retention in points."""
+    lines = [f"### {result['meta']['label'] or result['meta']['config']} (n={result['meta']['n']} test seeds)", ""]
+    lines += ["| policy | success (95% CI) | n | steps/ep | tokens/ep |", "|---|---|---:|---:|---:|"]
+    for s in result["scores"].values():
+        lines.append(
+            f"| {s['policy']} | {s['rate']:.1%} ({s['ci_low']:.1%}-{s['ci_high']:.1%}) | {s['n']} "
+            f"| {s['mean_steps']:.1f} | {s['mean_tokens']:.0f} |"
+        )
+    lines += ["", "| paired (same seeds) | a only | b only | diff (95% CI) | McNemar p |", "|---|---:|---:|---|---:|"]
+    for c in result["comparisons"]:
+        t = c["table"]
+        lines.append(
+            f"| {c['a']} vs {c['b']} | {t['only_a']} | {t['only_b']} | {c['diff']:+.1%} "
+            f"({c['ci_low']:+.1%}..{c['ci_high']:+.1%}) | {c['p_mcnemar']:.2g} |"
+        )
+    lines += ["", "| retention suite | base | student | drop (points, 95% CI) |", "|---|---|---|---|"]
+    for key, r in result["retention"].items():
+        b, s, c = r["base"], r["student"], r["paired"]
+        lines.append(
+            f"| {key} | {b['rate']:.1%} ({b['successes']}/{b['n']}) | {s['rate']:.1%} ({s['successes']}/{s['n']}) "
+            f"| {-c['diff']:+.1%} ({-c['ci_high']:+.1%}..{-c['ci_low']:+.1%}) |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

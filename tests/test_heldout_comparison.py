@@ -1,0 +1,52 @@
+"""The issue-10 comparison script and its paired statistics (tiny model, real environments)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluation.metrics import mcnemar_p, paired_difference
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(5, 5) == 1.0
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 2**10)  # all 10 discordant pairs one way
+    assert mcnemar_p(10, 2) == pytest.approx(0.0386, abs=1e-3)
+    assert mcnemar_p(2, 10) == mcnemar_p(10, 2)
+
+
+def test_paired_difference_sign_and_interval():
+    diff, low, high = paired_difference({"both": 10, "only_a": 30, "only_b": 5, "neither": 155})
+    assert diff == pytest.approx(25 / 200)
+    assert low < diff < high and low > 0  # 30 vs 5 discordant pairs: clearly positive
+    diff, low, high = paired_difference({"both": 0, "only_a": 3, "only_b": 3, "neither": 194})
+    assert diff == 0 and low < 0 < high
+
+
+def test_heldout_comparison_runs_every_policy_on_the_same_seeds(tiny_model, tmp_path):
+    from evaluation.benchmarks.heldout_comparison import main
+
+    out = tmp_path / "result.json"
+    result = main(
+        [
+            "--config", "test",
+            "--set", f"data_dir={tmp_path}",
+            "--set", "evaluate.retention_families=[]",
+            "--student", str(tiny_model),
+            "--n", "3",
+            "--backend", "transformers",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["scores"].keys() == {
+        "random", "base greedy", "base sampled", "teacher greedy", "teacher sampled", "student"
+    }  # fmt: skip
+    assert all(s["n"] == 3 for s in saved["scores"].values())
+    # the student IS the base model here: greedy play must match the base seed for seed
+    student_vs_base = next(c for c in saved["comparisons"] if c["b"] == "base greedy")
+    assert student_vs_base["table"]["only_a"] == student_vs_base["table"]["only_b"] == 0
+    assert saved["retention"]["coin"]["paired"]["diff"] == 0
+    assert result["meta"]["n"] == 3
