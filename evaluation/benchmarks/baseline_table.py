@@ -95,28 +95,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(header + "\n|---|---|---:|---|---|---:|---|---:|", flush=True)
     for name, env_cfg, params in suites(games, families, args.max_steps):
         factory = make_environment(env_cfg)
-        start = time.perf_counter()
-        base = run_episodes(
-            factory,
-            [(t, 0) for t in factory.tasks("test", args.n)],
-            policy,
-            args.max_steps,
-            batch_size=min(args.n, 64),
-            config_hash=cfg.hash,
-            desc=f"{name} base",
-        )
-        per_episode = (time.perf_counter() - start) / args.n
-        samp = None
-        if args.sampled:
-            samp = run_episodes(
-                factory,
-                [(t, 0) for t in factory.tasks("test", args.n)],
-                sampled,
-                args.max_steps,
-                batch_size=min(args.n, 64),
-                config_hash=cfg.hash,
-                desc=f"{name} base sampled",
+        jobs = [(t, 0) for t in factory.tasks("test", args.n)]
+
+        def play(agent, label: str, factory=factory, jobs=jobs, name=name):
+            return run_episodes(
+                factory, jobs, agent, args.max_steps, min(args.n, 64), config_hash=cfg.hash, desc=f"{name} {label}"
             )
+
+        start = time.perf_counter()
+        base = play(policy, "base")
+        per_episode = (time.perf_counter() - start) / args.n
+        samp = play(sampled, "base sampled") if args.sampled else None
         rand = run_episodes(
             factory,
             [(t, 0) for t in factory.tasks("test", args.random_n)],

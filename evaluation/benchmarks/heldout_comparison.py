@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
             hints_for=hints if with_hints else None,
         )
 
+    # success points need a suite the base can win: '' (TWX's large defaults) -> r2w's small per-game params
     retention_suites = [
-        (g, EnvConfig(name="twx", game=g, params=cfg.evaluate.retention_params, max_steps=cfg.env.max_steps))
+        (g, EnvConfig(name="twx", game=g, params=cfg.evaluate.retention_params or None, max_steps=cfg.env.max_steps))
         for g in cfg.evaluate.retention_games
     ] + [(f"rg:{f}", EnvConfig(name="reasoning_gym", families=[f])) for f in cfg.evaluate.retention_families]
     rn = args.retention_n or args.n
