@@ -74,3 +74,11 @@ def paired_difference(table: dict[str, int], z: float = 1.96) -> tuple[float, fl
     var = (a + b - diff * diff) / n
     half = z * math.sqrt(max(var, 0.0))
     return diff, max(-1.0, diff - half), min(1.0, diff + half)
+
+
+def compare_paired(a_name: str, a: list[Episode], b_name: str, b: list[Episode]) -> dict:
+    """Everything a paired per-seed comparison reports: the table, a - b with its 95% interval, McNemar p."""
+    table = paired_counts(a, b)
+    diff, low, high = paired_difference(table)
+    p = mcnemar_p(table["only_a"], table["only_b"])
+    return {"a": a_name, "b": b_name, "table": table, "diff": diff, "ci_low": low, "ci_high": high, "p_mcnemar": p}

@@ -294,24 +294,7 @@ class HintStore:
 
         Curated and imported packs pass the same screen as extracted hints (r2w/hint_screen.py).
         """
-        from r2w.hint_screen import HintScreen
-
-        path = Path(path)
-        screen = HintScreen(self.cfg)
-        hints: list[Hint] = []
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                if source_label is not None and isinstance(raw, dict):
-                    raw["source"] = source_label
-                hints.append(Hint.model_validate(raw))
-            except (json.JSONDecodeError, ValidationError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a valid Hint: {exc}") from None
-            reason = screen.reason(hints[-1].applicability, hints[-1].text)
-            if reason is not None:
-                raise ValueError(f"{path}:{lineno}: hint rejected by the screen ({reason}): {hints[-1].text[:80]!r}")
+        hints = read_pack(path, self.cfg, source_label)
         with self._writer():
             counts = self._upsert(hints, run_id=None)
         counts["lines"] = len(hints)
@@ -457,3 +440,29 @@ def _where(category: str | None, status: str | None) -> dict | None:
     if not clauses:
         return None
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def read_pack(path: str | Path, cfg: HintsConfig, source_label: str | None = None) -> list[Hint]:
+    """Parse, validate and screen a JSONL hint pack; the first bad line raises a ValueError naming it.
+
+    Curated and imported packs pass the same screen as extracted hints (r2w/hint_screen.py).
+    """
+    from r2w.hint_screen import HintScreen
+
+    path = Path(path)
+    screen = HintScreen(cfg)
+    hints: list[Hint] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            if source_label is not None and isinstance(raw, dict):
+                raw["source"] = source_label
+            hints.append(Hint.model_validate(raw))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise ValueError(f"{path}:{lineno}: not a valid Hint: {exc}") from None
+        reason = screen.reason(hints[-1].applicability, hints[-1].text)
+        if reason is not None:
+            raise ValueError(f"{path}:{lineno}: hint rejected by the screen ({reason}): {hints[-1].text[:80]!r}")
+    return hints

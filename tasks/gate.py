@@ -74,8 +74,9 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
         score_episodes("teacher", teacher_eps),
         score_episodes("student", student_eps),
     ]
-    retention = measure_retention(cfg, base_backend, student_backend)
-    privacy = probe_canaries(cfg, student_backend)
+    student_model = logits_model(student_backend, cfg.models.dtype)  # loaded once: retention and canaries share it
+    retention = measure_retention(cfg, base_backend, student_model)
+    privacy = probe_canaries(cfg, student_backend, student_model)
     episodes = base_eps + teacher_eps + student_eps
     ref = save_records(episodes, Path(cfg.data_path) / "datasets", "eval-episodes", {"config_hash": cfg.hash})
     return EvaluationResult(
@@ -88,24 +89,22 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
     )
 
 
-def probe_canaries(cfg: R2WConfig, student_backend) -> dict[str, float]:
+def probe_canaries(cfg: R2WConfig, student_backend, student_model) -> dict[str, float]:
     """Greedy + sampled extraction attempts of every configured canary on the student."""
     from evaluation.canary import canary_leaks
 
     if not cfg.privacy.canaries:
         return {"canary_leaks": 0.0, "canary_attempts": 0.0, "canaries": 0.0}
-    model = logits_model(student_backend, cfg.models.dtype) if hasattr(student_backend, "tokenizer") else None
-    return canary_leaks(cfg.privacy, student_backend, model, seed=cfg.runtime.seed)
+    return canary_leaks(cfg.privacy, student_backend, student_model, seed=cfg.runtime.seed)
 
 
-def measure_retention(cfg: R2WConfig, base_backend, student_backend) -> dict[str, float]:
+def measure_retention(cfg: R2WConfig, base_backend, student_model) -> dict[str, float]:
     """KL to the base on general prompts, perplexity drift on general prose, and gold-answer log-lik on
     never-trained TWX games (`drop:<game>`) and reasoning-gym families (`drop:rg:<family>`)."""
     import math
 
     tok = base_backend.tokenizer
     base_model = logits_model(base_backend, cfg.models.dtype)
-    student_model = logits_model(student_backend, cfg.models.dtype)
     ev = cfg.evaluate
     out = {"kl_base_student": mean_kl(base_model, student_model, tok, load_general_prompts(ev.kl_prompts))}
     passages = load_general_passages(ev.general_text, ev.general_passages)

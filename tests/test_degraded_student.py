@@ -92,6 +92,6 @@ def test_same_gates_pass_the_base_against_itself(tiny_backend, tmp_path):
     from tasks.gate import measure_retention
 
     cfg = load_config("test", {"data_dir": str(tmp_path), "gate": REALISTIC_GATES})
-    ret = measure_retention(cfg, tiny_backend, tiny_backend)
+    ret = measure_retention(cfg, tiny_backend, tiny_backend.model)
     assert ret["kl_base_student"] == pytest.approx(0.0, abs=1e-6) and ret["ppl_drift"] == pytest.approx(0.0, abs=1e-6)
     assert ret["drop:rg:leg_counting"] == pytest.approx(0.0, abs=1e-6)

@@ -35,22 +35,6 @@ def _score(name: str, episodes) -> dict:
     return score_episodes(name, episodes).model_dump()
 
 
-def _compare(a_name: str, a, b_name: str, b) -> dict:
-    from evaluation.metrics import mcnemar_p, paired_counts, paired_difference
-
-    table = paired_counts(a, b)
-    diff, low, high = paired_difference(table)
-    return {
-        "a": a_name,
-        "b": b_name,
-        "table": table,
-        "diff": diff,
-        "ci_low": low,
-        "ci_high": high,
-        "p_mcnemar": mcnemar_p(table["only_a"], table["only_b"]),
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="demo")
@@ -71,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_torch_threads(cfg.runtime.torch_threads)
 
     from evaluation.environments import make_environment
+    from evaluation.metrics import compare_paired
     from r2w.backends import make_backend
     from r2w.hintstore import HintStore
     from r2w.models import resolve_model
@@ -129,14 +114,14 @@ def main(argv: list[str] | None = None) -> dict:
         retention[key]["student"] = play(student, f"retention {key} student", 0.0, fac=fac, suite_jobs=rjobs)
 
     scores = {name: _score(name, e) for name, e in eps.items()}
-    comparisons = [_compare("student", eps["student"], other, eps[other]) for other in eps if other != "student"] + [
-        _compare("teacher sampled", eps["teacher sampled"], "base sampled", eps["base sampled"])
-    ]
+    comparisons = [
+        compare_paired("student", eps["student"], other, eps[other]) for other in eps if other != "student"
+    ] + [compare_paired("teacher sampled", eps["teacher sampled"], "base sampled", eps["base sampled"])]
     retention_rows = {
         key: {
             "base": _score("base", pair["base"]),
             "student": _score("student", pair["student"]),
-            "paired": _compare("student", pair["student"], "base", pair["base"]),
+            "paired": compare_paired("student", pair["student"], "base", pair["base"]),
         }
         for key, pair in retention.items()
     }

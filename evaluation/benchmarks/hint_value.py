@@ -11,9 +11,6 @@ given to every episode; greedy and sampled decoding; TRAIN seeds by default (whe
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
 from r2w.runtime import configure_environment, set_torch_threads
 
@@ -37,19 +34,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from evaluation.metrics import mcnemar_p, paired_counts, score_episodes
     from prompts.agent import render_hints_block
     from r2w.backends import make_backend
-    from r2w.config import EnvConfig, load_config
-    from r2w.contracts import Hint
+    from r2w.config import EnvConfig, HintsConfig, load_config
+    from r2w.hintstore import read_pack
     from r2w.models import resolve_model
     from r2w.rollout import run_episodes
     from tasks.collect import agent_policy
 
     cfg = load_config("demo", {"data_dir": args.data_dir})
-    hints = []
-    for i, line in enumerate(Path(args.pack).read_text().splitlines(), 1):
-        try:
-            hints.append(Hint(**json.loads(line)))
-        except (ValueError, TypeError) as exc:
-            raise SystemExit(f"{args.pack}:{i}: not an r2w hint record ({exc})") from None
+    try:
+        hints = read_pack(args.pack, HintsConfig())  # the same parse + screen as `r2w hints import`
+    except (OSError, ValueError) as exc:
+        raise SystemExit(str(exc)) from None
     block = render_hints_block(hints)
     ids = [h.hint_id for h in hints]
     backend = make_backend(args.backend, resolve_model("smollm2", args.data_dir), dtype=cfg.models.dtype)
@@ -61,7 +56,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for temp in (float(t) for t in args.temperatures.split(",")):
         played = {}
         for with_hints in (False, True):
-            start = time.perf_counter()
             played[with_hints] = run_episodes(
                 factory,
                 jobs,
@@ -71,7 +65,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 desc=f"T={temp} {'hints' if with_hints else 'no hints'}",
                 hints_for=(lambda task, text, obs: (ids, block)) if with_hints else None,
             )
-            played[(with_hints, "s")] = time.perf_counter() - start
         a, b = score_episodes("hints", played[True]), score_episodes("none", played[False])
         table = paired_counts(played[True], played[False])
         row = {"temperature": temp, "hints": a.model_dump(), "none": b.model_dump(), "paired": table}

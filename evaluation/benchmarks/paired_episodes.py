@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--policy", default="student", help="which policy's episodes to compare")
     args = parser.parse_args(argv)
 
-    from evaluation.metrics import mcnemar_p, paired_counts, paired_difference, score_episodes
+    from evaluation.metrics import compare_paired, score_episodes
     from r2w.contracts import Episode
     from r2w.datasets import load_records
 
@@ -24,16 +24,14 @@ def main(argv: list[str] | None = None) -> dict:
     b = [e for e in load_records(args.b, Episode) if e.policy == args.policy]
     if not a or not b:
         raise SystemExit(f"no {args.policy!r} episodes in {args.a if not a else args.b}")
-    table = paired_counts(a, b)
-    diff, low, high = paired_difference(table)
+    c = compare_paired("a", a, "b", b)
     sa, sb = score_episodes("a", a), score_episodes("b", b)
-    p = mcnemar_p(table["only_a"], table["only_b"])
     print(f"A {sa.successes}/{sa.n} = {sa.rate:.1%}   B {sb.successes}/{sb.n} = {sb.rate:.1%}")
     print(
-        f"paired on {sum(table.values())} seeds: {table}; "
-        f"A - B = {diff:+.1%} ({low:+.1%}..{high:+.1%}), McNemar p={p:.2g}"
+        f"paired on {sum(c['table'].values())} seeds: {c['table']}; "
+        f"A - B = {c['diff']:+.1%} ({c['ci_low']:+.1%}..{c['ci_high']:+.1%}), McNemar p={c['p_mcnemar']:.2g}"
     )
-    return {"table": table, "diff": diff, "ci": (low, high), "p": p}
+    return c
 
 
 if __name__ == "__main__":

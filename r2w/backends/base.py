@@ -32,6 +32,19 @@ class Completion:
     prompt_tokens: int
     completion_tokens: list[int] = field(default_factory=list)
 
+    @classmethod
+    def of_samples(cls, texts: list[str], prompt_tokens: int, counts: list[int], n: int) -> Completion:
+        """Servers return one sample for a greedy request of n: repeat it so every caller gets n."""
+        if len(texts) == 1 and n > 1:
+            texts, counts = texts * n, counts * n
+        return cls(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=counts)
+
+
+def check_choices(prompts: list, choices: list[list[str]] | None) -> None:
+    """`choices` is one list of allowed replies per prompt, or None."""
+    if choices is not None and len(choices) != len(prompts):
+        raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
+
 
 class GenerationBackend(Protocol):
     name: str

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from r2w.backends.base import Completion, SamplingParams
+from r2w.backends.base import Completion, SamplingParams, check_choices
 from r2w.contracts import Message
 
 MICRO_BATCH = 32
@@ -61,6 +61,7 @@ class TransformersBackend:
         params: SamplingParams,
         choices: list[list[str]] | None = None,
     ) -> list[Completion]:
+        check_choices(prompts, choices)
         texts = [self.render(p) for p in prompts]
         rows = [(i, j) for i in range(len(texts)) for j in range(params.n)]
         outputs: dict[int, Completion] = {}

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import httpx
 
-from r2w.backends.base import Completion, SamplingParams
+from r2w.backends.base import Completion, SamplingParams, check_choices
 from r2w.contracts import Message
 
 ChoiceMode = Literal["auto", "trie", "structured", "free"]
@@ -162,9 +162,7 @@ class OpenAIServerBackend:
         else:  # the API reports only a total: split it evenly over the samples
             total = int(usage.get("completion_tokens", 0))
             counts = [total // len(choices) + (i < total % len(choices)) for i in range(len(choices))]
-        if len(texts) == 1 and n > 1:
-            texts, counts = texts * n, counts * n
-        return Completion(texts=texts, prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=counts)
+        return Completion.of_samples(texts, int(usage.get("prompt_tokens", 0)), counts, n)
 
     def generate(
         self,
@@ -172,8 +170,7 @@ class OpenAIServerBackend:
         params: SamplingParams,
         choices: list[list[str]] | None = None,
     ) -> list[Completion]:
-        if choices is not None and len(choices) != len(prompts):
-            raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
+        check_choices(prompts, choices)
         bodies = [self.request_body(p, params, choices[i] if choices else None) for i, p in enumerate(prompts)]
         if len(bodies) <= 1:
             return [self._complete(b, params.n) for b in bodies]

@@ -18,7 +18,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from r2w.backends.base import Completion, SamplingParams
+from r2w.backends.base import Completion, SamplingParams, check_choices
 from r2w.contracts import Message
 
 ChoiceMode = Literal["trie", "structured"]
@@ -122,8 +122,7 @@ class VLLMEngineBackend:
         params: SamplingParams,
         choices: list[list[str]] | None = None,
     ) -> list[Completion]:
-        if choices is not None and len(choices) != len(prompts):
-            raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
+        check_choices(prompts, choices)
         if not prompts:
             return []
         self._calls += 1
@@ -156,6 +155,4 @@ def to_completion(out, n: int) -> Completion:
     samples = sorted(out.outputs, key=lambda o: o.index)
     texts = [s.text.strip() for s in samples]
     counts = [len(s.token_ids) for s in samples]
-    if len(samples) == 1 and n > 1:
-        texts, counts = texts * n, counts * n
-    return Completion(texts=texts, prompt_tokens=len(out.prompt_token_ids), completion_tokens=counts)
+    return Completion.of_samples(texts, len(out.prompt_token_ids), counts, n)
