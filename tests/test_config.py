@@ -10,6 +10,14 @@ def test_bundled_configs_validate():
     assert demo.hash != test.hash
 
 
+@pytest.mark.parametrize("name", ["demo", "test", "arithmetic", "peckingorder", "tidy6"])
+def test_every_shipped_config_validates_and_names_its_own_data_dir(name):
+    cfg = load_config(name)
+    assert cfg.name == name
+    # experiment configs must not share a data dir with the demo (their runs would mix)
+    assert name in ("demo", "test") or str(cfg.data_dir) not in (".r2w", "")
+
+
 def test_unknown_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("teach: {samples: 4, sampels: 3}\n")

@@ -36,6 +36,7 @@ def test_heldout_comparison_runs_every_policy_on_the_same_seeds(tiny_model, tmp_
             "--set", "evaluate.retention_families=[]",
             "--student", str(tiny_model),
             "--n", "3",
+            "--retention-max-steps", "2",
             "--backend", "transformers",
             "--out", str(out),
         ]
@@ -50,3 +51,5 @@ def test_heldout_comparison_runs_every_policy_on_the_same_seeds(tiny_model, tmp_
     assert student_vs_base["table"]["only_a"] == student_vs_base["table"]["only_b"] == 0
     assert saved["retention"]["coin"]["paired"]["diff"] == 0
     assert result["meta"]["n"] == 3
+    # the retention game runs on its own step budget, not the trained game's
+    assert saved["retention"]["coin"]["base"]["mean_steps"] <= 2 < result["meta"]["env"]["max_steps"]

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--offset", type=int, default=0, help="first test seed index")
     parser.add_argument("--backend", default="auto", help="auto | vllm | transformers")
     parser.add_argument("--retention-n", type=int, default=None, help="seeds per retention suite (default --n)")
+    parser.add_argument(
+        "--retention-max-steps",
+        type=int,
+        default=15,
+        help="step budget of the TWX retention games (TWX's usual 15; independent of the trained game's budget)",
+    )
     parser.add_argument("--label", default="", help="row label for the experiment log")
     parser.add_argument("--out", default=None, help="JSON file (written atomically)")
     args = parser.parse_args(argv)
@@ -71,13 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
     store = HintStore(cfg.hints, cfg.data_path)
     hints = hint_provider(store.retrieve, cfg.hints.k)
 
-    def play(backend, name: str, temperature: float, with_hints: bool = False, fac=None, suite_jobs=None):
-        fac = fac or factory
+    def play(backend, name: str, temperature: float, with_hints: bool = False, suite=None):
+        fac, suite_jobs, max_steps = suite or (factory, jobs, cfg.env.max_steps)
         return run_episodes(
             fac,
-            suite_jobs or jobs,
+            suite_jobs,
             agent_policy(cfg, backend, name, temperature),
-            cfg.env.max_steps,
+            max_steps,
             batch,
             config_hash=cfg.hash,
             desc=name,
@@ -86,14 +92,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     # success points need a suite the base can win: '' (TWX's large defaults) -> r2w's small per-game params
     retention_suites = [
-        (g, EnvConfig(name="twx", game=g, params=cfg.evaluate.retention_params or None, max_steps=cfg.env.max_steps))
+        (
+            g,
+            EnvConfig(
+                name="twx", game=g, params=cfg.evaluate.retention_params or None, max_steps=args.retention_max_steps
+            ),
+        )
         for g in cfg.evaluate.retention_games
     ] + [(f"rg:{f}", EnvConfig(name="reasoning_gym", families=[f])) for f in cfg.evaluate.retention_families]
     rn = args.retention_n or args.n
     retention_jobs = {}
     for key, env_cfg in retention_suites:
         fac = make_environment(env_cfg)
-        retention_jobs[key] = (fac, [(t, 0) for t in fac.tasks("test", rn)])
+        retention_jobs[key] = (fac, [(t, 0) for t in fac.tasks("test", rn)], env_cfg.max_steps)
 
     eps: dict[str, list] = {}
     eps["random"] = run_episodes(factory, jobs, RandomPolicy(cfg.runtime.seed), cfg.env.max_steps, batch, desc="random")
@@ -103,15 +114,15 @@ def main(argv: list[str] | None = None) -> dict:
     eps["teacher greedy"] = play(base, "teacher", 0.0, with_hints=True)
     eps["teacher sampled"] = play(base, "teacher-sampled", temp, with_hints=True)
     retention: dict[str, dict] = {}
-    for key, (fac, rjobs) in retention_jobs.items():
-        retention[key] = {"base": play(base, f"retention {key} base", 0.0, fac=fac, suite_jobs=rjobs)}
+    for key, suite in retention_jobs.items():
+        retention[key] = {"base": play(base, f"retention {key} base", 0.0, suite=suite)}
     close = getattr(base, "close", None)
     if close:
         close()
     student = make_backend(args.backend, Path(args.student), dtype=cfg.models.dtype)
     eps["student"] = play(student, "student", 0.0)
-    for key, (fac, rjobs) in retention_jobs.items():
-        retention[key]["student"] = play(student, f"retention {key} student", 0.0, fac=fac, suite_jobs=rjobs)
+    for key, suite in retention_jobs.items():
+        retention[key]["student"] = play(student, f"retention {key} student", 0.0, suite=suite)
 
     scores = {name: _score(name, e) for name, e in eps.items()}
     comparisons = [
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             "env": cfg.env.model_dump(mode="json"),
             "student": str(args.student),
             "n": args.n,
+            "retention_max_steps": args.retention_max_steps,
             "hint_snapshot": store.snapshot_id(),
             "hints_k": cfg.hints.k,
             "teacher_temperature": temp,
