@@ -100,3 +100,15 @@ def test_reasoning_gym_free_text_rollout_on_tiny_model(tiny_backend):
         assert ep.model == tiny_backend.identity and ep.policy == "base"
     baseline = run_episodes(factory, [(t, 0) for t in tasks], RandomPolicy(0), max_steps=5)
     assert all(e.steps[0].action == "" and not e.success for e in baseline)
+
+
+def test_random_budget_scan_is_monotone_in_the_budget():
+    """More steps can only let the same random episode succeed more often; gold paths are real."""
+    from evaluation.benchmarks.random_budget import main
+
+    rows = main(["--games", "twc", "--n", "6", "--budgets", "2,15"])
+    twc = rows["twc"]
+    assert 2 <= twc["gold_mean"] <= twc["gold_max"] <= 15
+    low, high = twc["random"][2], twc["random"][15]
+    assert low["n"] == high["n"] == 6
+    assert low["successes"] <= high["successes"]

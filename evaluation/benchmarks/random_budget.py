@@ -1,0 +1,74 @@
+"""How much does blind search win per step budget? Random-valid-action success and gold-path length per TWX game.
+
+Picking a step budget by data: where a wrong move does not end the episode (twc, coin), random play
+succeeds more the more steps it gets, so a generous budget measures persistence, not skill. This prints,
+per game, the gold path's length and the share of held-out seeds a random policy solves within each
+budget (one random episode per seed, run to the largest budget; Wilson 95% intervals).
+
+    python -m evaluation.benchmarks.random_budget --games twc,coin --n 300 --budgets 4,6,8,15
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+
+
+def first_success_steps(game: str, params: str | None, n: int, max_budget: int, seed: int) -> tuple[list, list]:
+    """(gold-path lengths, step of success or None) for the first n TEST seeds of a game."""
+    from evaluation.environments.twx import TWXFactory
+
+    factory = TWXFactory(game, params, max_budget)
+    env = factory.make()
+    rng = random.Random(seed)
+    gold_lengths, solved_at = [], []
+    try:
+        for task in factory.tasks("test", n):
+            env.reset(task)
+            gold_lengths.append(len(env.gold_actions()))
+            _, obs = env.reset(task)
+            step = None
+            for k in range(max_budget):
+                obs = env.step(rng.choice(obs.valid_actions))
+                if obs.done:
+                    step = k + 1 if obs.success else None
+                    break
+            solved_at.append(step)
+    finally:
+        env.close()
+    return gold_lengths, solved_at
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--games", default="twc,coin", help="comma-separated TWX game types")
+    parser.add_argument("--params", default=None, help="TWX params for every game (default: r2w's per-game)")
+    parser.add_argument("--n", type=int, default=300, help="test seeds per game")
+    parser.add_argument("--budgets", default="4,5,6,8,10,15", help="comma-separated step budgets")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from evaluation.environments.twx import resolve_params
+    from evaluation.metrics import wilson_interval
+
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    rows: dict[str, dict] = {}
+    print("| game | params | gold steps mean (max) | " + " | ".join(f"random @{b}" for b in budgets) + " |")
+    print("|---|---|---|" + "---|" * len(budgets))
+    for game in [g.strip() for g in args.games.split(",") if g.strip()]:
+        params = resolve_params(game, args.params)
+        gold, solved = first_success_steps(game, params, args.n, budgets[-1], args.seed)
+        rates = {}
+        for b in budgets:
+            k = sum(1 for s in solved if s is not None and s <= b)
+            low, high = wilson_interval(k, len(solved))
+            rates[b] = {"successes": k, "n": len(solved), "rate": k / len(solved), "ci": [low, high]}
+        rows[game] = {"params": params, "gold_mean": statistics.mean(gold), "gold_max": max(gold), "random": rates}
+        cells = " | ".join(f"{r['rate']:.1%} ({r['ci'][0]:.0%}-{r['ci'][1]:.0%})" for r in rates.values())
+        print(f"| {game} | {params or '(TWX defaults)'} | {statistics.mean(gold):.1f} ({max(gold)}) | {cells} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
