@@ -11,33 +11,30 @@ budget (one random episode per seed, run to the largest budget; Wilson 95% inter
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 
 
 def first_success_steps(game: str, params: str | None, n: int, max_budget: int, seed: int) -> tuple[list, list]:
-    """(gold-path lengths, step of success or None) for the first n TEST seeds of a game."""
+    """(gold-path lengths, step of success or None) for the first n TEST seeds of a game.
+
+    The random episodes are r2w's own `RandomPolicy` rollouts, run once to the largest budget: an episode
+    that succeeded at step k counts for every budget >= k.
+    """
     from evaluation.environments.twx import TWXFactory
+    from r2w.rollout import RandomPolicy, run_episodes
 
     factory = TWXFactory(game, params, max_budget)
+    tasks = factory.tasks("test", n)
     env = factory.make()
-    rng = random.Random(seed)
-    gold_lengths, solved_at = [], []
     try:
-        for task in factory.tasks("test", n):
+        gold_lengths = []
+        for task in tasks:
             env.reset(task)
             gold_lengths.append(len(env.gold_actions()))
-            _, obs = env.reset(task)
-            step = None
-            for k in range(max_budget):
-                obs = env.step(rng.choice(obs.valid_actions))
-                if obs.done:
-                    step = k + 1 if obs.success else None
-                    break
-            solved_at.append(step)
     finally:
         env.close()
-    return gold_lengths, solved_at
+    episodes = run_episodes(factory, [(t, 0) for t in tasks], RandomPolicy(seed), max_budget, batch_size=16)
+    return gold_lengths, [len(e.steps) if e.success else None for e in episodes]
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
