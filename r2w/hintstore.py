@@ -165,8 +165,9 @@ class HintStore:
             path.mkdir(parents=True, exist_ok=True)
             self._path, self._settings = path, settings
             self._seen = self._generation()  # read before opening: a later write only makes us reopen once more
-            self.client = chromadb.PersistentClient(path=str(path), settings=settings)
-            self.collection = self._collection()
+            with self._opening():
+                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+                self.collection = self._collection()
         where = cfg.chroma_url or str(Path(data_dir).resolve() / "chroma")
         self.identity = f"chroma:{where}:{cfg.collection}"  # enters Prefect cache keys
 
@@ -189,9 +190,26 @@ class HintStore:
 
             # a new system for this path (the cached one is stale); other clients keep the old one
             SharedSystemClient._identifier_to_system.pop(str(self._path), None)
-            self.client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
-            self.collection = self._collection()
+            with self._opening():
+                self.client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
+                self.collection = self._collection()
             self._seen = gen
+
+    @contextmanager
+    def _opening(self) -> Iterator[None]:
+        """One process at a time opens the on-disk store: Chroma creates its SQLite schema and the
+        collection on first open, and two processes doing that at once fail ("table collections
+        already exists"). Taken after the collection's writer lock, never before it."""
+        import fcntl
+
+        lock = Path(self._path).parent / "locks" / "chroma-open.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @contextmanager
     def _writer(self) -> Iterator[None]:

@@ -151,3 +151,33 @@ def test_same_window_twice_changes_nothing(tmp_path):
     assert again["added"] == 0 and again["merged"] == 0
     assert [h.model_dump_json(exclude={"updated_at"}) for h in store.list()] == before
     assert load_config("test").hints.collection  # the default collection name is valid (>= 3 chars)
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Chroma creates its schema on first open; two processes doing that at the same instant must not
+    fail with "table collections already exists" (seen in CI when two backfills started together).
+    Without the open lock about 1 in 7 simultaneous first opens failed here, so each process opens 40
+    fresh stores in lockstep with the other."""
+    code = """
+        import sys, time
+        from pathlib import Path
+        from r2w.runtime import configure_environment
+        configure_environment(sys.argv[1] + "/cache-" + sys.argv[2])
+        from r2w.config import HintsConfig
+        from r2w.hintstore import HintStore
+        failed = []
+        for k in range(40):
+            root = Path(sys.argv[1]) / f"store{k}"
+            barrier = root / "barrier"
+            barrier.mkdir(parents=True, exist_ok=True)
+            (barrier / sys.argv[2]).touch()
+            while len(list(barrier.iterdir())) < 2:  # both processes reach this store, then open it
+                time.sleep(0.001)
+            try:  # go on after a failure, so the other process is never left waiting at a barrier
+                HintStore(HintsConfig(collection="opened-together"), root)
+            except Exception as exc:
+                failed.append(f"store{k}: {exc}")
+        print(failed)
+    """
+    procs = [_start(code, str(tmp_path), name) for name in ("a", "b")]
+    assert [out.strip() for out in _finish(procs)] == ["[]", "[]"]
