@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from r2w.backends import make_backend, make_student_backend
 from r2w.config import R2WConfig, load_config
-from r2w.contracts import Episode, Trajectory, content_hash, utcnow
+from r2w.contracts import DistillExample, Episode, Trajectory, content_hash, utcnow
 from r2w.datasets import load_records, save_records
 from r2w.faults import fault_point
 from r2w.models import resolve_model
@@ -182,6 +182,7 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
     from tasks.gate import evaluate_task, gate_task
     from tasks.hints import hints_task
     from tasks.register import register_task
+    from tasks.replay import replay_task
     from tasks.teach import teach_task
 
     log = get_run_logger()
@@ -270,8 +271,15 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
         cfg.runtime.seed,
         base_episodes,
     )
+    if cfg.distill.replay.examples and examples:
+        # against forgetting: the base's own answers on other families, mixed into the SFT set
+        replay = run_stage(summary, "replay", replay_task, cfg, base, cfg.distill.replay)
+        examples = examples + load_records(replay.examples, DistillExample)
+        leakage = {**leakage, "replay": replay.kept, "replay_empty": replay.empty}
+        families = cfg.distill.replay.families
+        log.info("replay: %d base answers from %s added (%d empty skipped)", replay.kept, families, replay.empty)
     examples_ref = save_records(examples, cfg.data_path / "datasets", "distill-examples", {"leakage": leakage})
-    summary.training_examples = sum(e.split == "train" for e in examples)
+    summary.training_examples = sum(e.split == "train" and e.category != "replay" for e in examples)
     lineage["training_dataset"] = examples_ref.hash
     log_metrics(
         client,

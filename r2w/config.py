@@ -167,6 +167,17 @@ class OnPolicySettings(Section):
     temperature: float = Field(1.0, gt=0)
 
 
+class ReplaySettings(Section):
+    """Self-distillation replay against forgetting: the base agent's own greedy answers to tasks of
+    other reasoning-gym families are mixed into the SFT set, so training on the target game does not
+    move the model on prompts it was not meant to change. Families must be disjoint from the
+    retention families (the gate would otherwise measure what replay trained) and from the trained ones."""
+
+    families: list[str] = Field(default_factory=list, description="reasoning_gym families whose tasks are replayed")
+    examples: int = Field(0, ge=0, description="replayed (prompt, base answer) rows added to the SFT set; 0 = off")
+    temperature: float = Field(0.0, ge=0, description="0: the base's greedy answer; > 0: one seeded sample of it")
+
+
 class DistillConfig(Section):
     method: Literal["sft", "dpo", "onpolicy"] = Field(
         "sft", description="sft: teacher actions; dpo: teacher (chosen) vs base (rejected); onpolicy: hinted self"
@@ -176,6 +187,7 @@ class DistillConfig(Section):
     )
     dpo: DPOSettings = DPOSettings()
     onpolicy: OnPolicySettings = OnPolicySettings()
+    replay: ReplaySettings = ReplaySettings()
     save_steps: int | None = Field(None, ge=1, description="checkpoint interval; null = about 4 per run")
     lora: LoraConfig = LoraConfig()
     max_steps: int = Field(30, ge=1)
@@ -189,13 +201,17 @@ class DistillConfig(Section):
     leakage_fuzzy_ratio: float = Field(85.0, ge=0, le=100)
 
     @model_validator(mode="after")
-    def _onpolicy_batch(self) -> DistillConfig:
+    def _consistent(self) -> DistillConfig:
         batch = self.batch_size * self.grad_accum
         if self.method == "onpolicy" and batch % self.onpolicy.samples:
             raise ValueError(
                 f"distill.onpolicy.samples ({self.onpolicy.samples}) must divide "
                 f"distill.batch_size * distill.grad_accum ({batch})"
             )
+        if self.replay.examples and not self.replay.families:
+            raise ValueError("distill.replay.examples > 0 needs distill.replay.families (reasoning_gym families)")
+        if self.replay.examples and self.method != "sft":
+            raise ValueError(f"distill.replay: replay rows are SFT targets; distill.method is {self.method!r}")
         return self
 
 
@@ -315,6 +331,17 @@ class R2WConfig(Section):
         seen = set(self.evaluate.retention_families) & set(self.env.families)
         if self.env.name == "reasoning_gym" and seen:
             raise ValueError(f"evaluate.retention_families: {sorted(seen)} are trained on (env.families), not held out")
+        replayed = set(self.distill.replay.families)
+        if replayed & set(self.evaluate.retention_families):
+            raise ValueError(
+                f"distill.replay.families: {sorted(replayed & set(self.evaluate.retention_families))} are also "
+                "evaluate.retention_families; replaying them would train what the retention gate measures"
+            )
+        if self.env.name == "reasoning_gym" and replayed & set(self.env.families):
+            raise ValueError(
+                f"distill.replay.families: {sorted(replayed & set(self.env.families))} are the trained env.families; "
+                "replaying the base's answers there would pull against the teacher"
+            )
         return self
 
     @property

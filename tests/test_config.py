@@ -43,3 +43,17 @@ def test_overrides_apply_and_validate():
 def test_missing_config_lists_bundled():
     with pytest.raises(ConfigError, match="bundled"):
         load_config("no-such-config")
+
+
+def test_replay_families_must_not_be_what_the_gate_measures_or_trains():
+    replay = {"distill.replay.examples": 8}
+    with pytest.raises(ConfigError, match=r"distill.replay.families.*leg_counting.*retention"):
+        load_config("test", {**replay, "distill.replay.families": ["leg_counting"]})
+    with pytest.raises(ConfigError, match=r"distill.replay.families: \['basic_arithmetic'\] are the trained"):
+        load_config("arithmetic", {**replay, "distill.replay.families": ["basic_arithmetic"]})
+    with pytest.raises(ConfigError, match="needs distill.replay.families"):
+        load_config("test", replay)
+    with pytest.raises(ConfigError, match="replay rows are SFT targets"):
+        load_config("test", {**replay, "distill.replay.families": ["letter_counting"], "distill.method": "dpo"})
+    cfg = load_config("test", {**replay, "distill.replay.families": ["letter_counting"]})
+    assert cfg.distill.replay.examples == 8

@@ -102,3 +102,27 @@ def test_status_cli_shows_runs_and_aliases(passing_run, data_dir):
     result = CliRunner().invoke(app, ["status", "--config", "test", "--set", f"data_dir={data_dir}"])
     assert result.exit_code == 0, result.output
     assert "challenger" in result.output and passing_run.mlflow_run_id[:12] in result.output
+
+
+def test_replay_rows_join_the_training_set_and_its_lineage(passing_run, data_dir):
+    """Replay adds the base's own answers to the SFT set; teacher rows and cached stages are untouched."""
+    from flows.retrain import retrain
+    from r2w.contracts import DistillExample
+
+    replay = {"families": ["letter_counting"], "examples": 3, "temperature": 1.0}  # tiny model's greedy reply is ''
+    summary = retrain(
+        config="test",
+        overrides={"data_dir": str(data_dir), "distill": {"replay": replay}, "gate": {"max_kl": 0.0}},
+    )
+    assert summary.stage_states["teach"] == "Cached" and summary.stage_states["replay"] == "Completed"
+    assert summary.training_examples == passing_run.training_examples  # counts teacher rows only
+    assert summary.registered_version is None  # impossible gate: nothing registered, lineage still tagged
+    _, client = _client(data_dir)
+    run = client.get_run(summary.mlflow_run_id)
+    assert run.data.metrics["leakage.replay"] + run.data.metrics["leakage.replay_empty"] == 3
+    dataset = run.data.tags["r2w.training_dataset"]
+    rows = load_records(data_dir / "datasets" / "distill-examples" / dataset[:16], DistillExample)
+    replayed = [r for r in rows if r.category == "replay"]
+    assert len(replayed) == run.data.metrics["leakage.replay"] >= 1
+    assert all(r.task_id.startswith("replay:reasoning_gym/letter_counting/") for r in replayed)
+    assert len(rows) - len(replayed) == passing_run.training_examples + sum(r.split == "validation" for r in rows)
