@@ -51,6 +51,15 @@ def format_score(s: PolicyScore) -> str:
     return f"{s.rate:.0%} ({s.successes}/{s.n}, 95% CI {s.ci_low:.0%}-{s.ci_high:.0%})"
 
 
+def score_metrics(scores: list[PolicyScore]) -> dict[str, float]:
+    """MLflow metrics of held-out scores: the rate with its sample size (an interval can be rebuilt) and tokens."""
+    out: dict[str, float] = {}
+    for s in scores:
+        out |= {f"eval.{s.policy}.success": s.rate, f"eval.{s.policy}.n": s.n}
+        out[f"eval.{s.policy}.mean_tokens"] = s.mean_tokens
+    return out
+
+
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar p-value from the discordant pairs of a paired per-seed comparison."""
     n = only_a + only_b

@@ -31,6 +31,7 @@ class ReGate(BaseModel):
 def evaluate_version(version: str, config: str = "demo", overrides: dict[str, Any] | None = None) -> ReGate:
     import mlflow
 
+    from evaluation.metrics import score_metrics
     from r2w.backends import make_backend
     from r2w.contracts import utcnow
     from r2w.hintstore import HintStore
@@ -64,7 +65,7 @@ def evaluate_version(version: str, config: str = "demo", overrides: dict[str, An
     lineage = {"evaluated_version": str(version), "hint_snapshot": store.snapshot_id(), "config_hash": cfg.hash}
     report, report_dir = gate_task(cfg, evaluation, leakage, cfg.data_path / "runs" / run_id, lineage)
     client.log_artifacts(run_id, str(report_dir), "gate")
-    log_metrics(client, run_id, {f"eval.{s.policy}.success": s.rate for s in evaluation.scores})
+    log_metrics(client, run_id, score_metrics(evaluation.scores))
     verdict = "passed" if report.passed else "failed"
     client.set_tag(run_id, "r2w.gate", verdict)
     client.set_model_version_tag(name, version, "r2w.regate", f"{verdict} at {utcnow():%Y-%m-%dT%H:%M} (run {run_id})")

@@ -171,7 +171,7 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
 
 
 def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSummary:
-    from evaluation.metrics import format_score
+    from evaluation.metrics import format_score, score_metrics
     from flows.cadence import novelty_since_last_version
     from prompts.hints import PROMPT_VERSION as HINTS_PROMPT_VERSION
     from r2w.backends.dspy_lm import make_extractor_lm
@@ -335,7 +335,7 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
         client,
         run_id,
         {
-            **{f"eval.{s.policy}.success": s.rate for s in evaluation.scores},
+            **score_metrics(evaluation.scores),
             **{f"retention.{k}": v for k, v in evaluation.retention.items()},
         },
     )

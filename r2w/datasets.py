@@ -94,3 +94,13 @@ def load_records(ref: DatasetRef | str | Path, record_type: type[R]) -> list[R]:
     if actual != manifest["hash"]:
         raise ValueError(f"{path}: content hash mismatch (manifest {manifest['hash'][:12]}, data {actual[:12]})")
     return records
+
+
+def write_json_atomically(path: str | Path, obj: object) -> Path:
+    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(out)
+    return out

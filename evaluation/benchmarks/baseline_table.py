@@ -22,8 +22,8 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
+from r2w.datasets import write_json_atomically
 from r2w.runtime import configure_environment, set_torch_threads
 
 # Small instances a 135M model can attempt; the table states them.
@@ -131,12 +131,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             flush=True,
         )
         if args.out:
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
             meta = {"model": args.model, "max_steps": args.max_steps, "date": datetime.now(UTC).isoformat()}
-            tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-            tmp.replace(out)
+            write_json_atomically(args.out, {"meta": meta, "rows": rows})
     return rows
 
 

@@ -21,11 +21,11 @@ which r2w verified against the trained adapter), else on transformers.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from r2w.datasets import write_json_atomically
 from r2w.runtime import configure_environment, set_torch_threads
 
 
@@ -157,11 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(render(result))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out)
+        write_json_atomically(args.out, result)
     return result
 
 
