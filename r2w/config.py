@@ -65,6 +65,12 @@ class AgentConfig(Section):
     history: int = Field(3, ge=0, description="past (action, observation) pairs shown in the prompt")
     batch_size: int = Field(16, ge=1, description="episodes stepped in lockstep per generate call")
     constrained: bool = Field(True, description="constrain replies to the valid actions (else fuzzy-map free text)")
+    action_selection: Literal["generate", "score"] = Field(
+        "generate",
+        description="generate: decode token by token within the valid actions; score: pick the valid action "
+        "with the highest total log-likelihood (sampled in proportion to it when temperature > 0); "
+        "score needs models.backend=transformers",
+    )
 
 
 class CollectConfig(Section):
@@ -331,6 +337,11 @@ class R2WConfig(Section):
         seen = set(self.evaluate.retention_families) & set(self.env.families)
         if self.env.name == "reasoning_gym" and seen:
             raise ValueError(f"evaluate.retention_families: {sorted(seen)} are trained on (env.families), not held out")
+        if self.agent.action_selection == "score" and self.models.backend != "transformers":
+            raise ValueError(
+                f"agent.action_selection=score scores every valid action with the model's logits: it needs "
+                f"models.backend=transformers, got {self.models.backend!r}"
+            )
         replayed = set(self.distill.replay.families)
         if replayed & set(self.evaluate.retention_families):
             raise ValueError(

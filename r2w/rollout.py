@@ -67,9 +67,19 @@ class LLMPolicy:
         history: int = 3,
         constrained: bool = True,
         answer_max_tokens: int | None = None,
+        selection: str = "generate",
     ) -> None:
         self.backend, self.name, self.params = backend, name, params
         self.history, self.constrained = history, constrained
+        if selection not in ("generate", "score"):
+            raise ValueError(f"agent.action_selection: expected 'generate' or 'score', got {selection!r}")
+        if selection == "score" and not callable(getattr(backend, "score", None)):
+            raise ValueError(
+                f"agent.action_selection=score: the {backend.name} backend cannot score actions "
+                "(set models.backend=transformers)"
+            )
+        self.selection = selection
+        self._rng = random.Random(params.seed)
         self.answer_params = dataclasses.replace(params, max_tokens=answer_max_tokens or params.max_tokens)
         # Which weights produced an episode: the backend's identity (model path, adapter, dtype, seed).
         self.model_id = str(getattr(backend, "identity", getattr(backend, "name", "")))
@@ -87,6 +97,11 @@ class LLMPolicy:
             if not group:
                 continue
             free = group is answering
+            if self.selection == "score" and not free:
+                scored = self._score([states[i] for i in group], [prompts[i] for i in group])
+                for i, decision in zip(group, scored, strict=True):
+                    decisions[i] = decision
+                continue
             choices = [states[i].obs.valid_actions for i in group] if self.constrained and not free else None
             completions = self.backend.generate([prompts[i] for i in group], params, choices=choices)
             for i, c in zip(group, completions, strict=True):
@@ -99,6 +114,31 @@ class LLMPolicy:
                     completion_tokens=c.completion_tokens[0] if c.completion_tokens else 0,
                 )
         return decisions  # type: ignore[return-value]
+
+    def _score(self, states: list[EpisodeState], prompts: list[list[Message]]) -> list[Decision]:
+        """Action selection by likelihood: argmax when greedy, else a draw with p ~ exp(logp / T)."""
+        import math
+
+        scored = self.backend.score(prompts, [s.obs.valid_actions for s in states])
+        out = []
+        for state, prompt, result in zip(states, prompts, scored, strict=True):
+            if self.params.temperature > 0:
+                top = max(result.logprobs)
+                weights = [math.exp((lp - top) / self.params.temperature) for lp in result.logprobs]
+                pick = self._rng.choices(range(len(weights)), weights=weights)[0]
+            else:
+                pick = max(range(len(result.logprobs)), key=result.logprobs.__getitem__)
+            action = state.obs.valid_actions[pick]
+            out.append(
+                Decision(
+                    action=action,
+                    response=action,
+                    prompt=prompt,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.choice_tokens[pick],
+                )
+            )
+        return out
 
 
 class RandomPolicy:

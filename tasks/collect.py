@@ -44,6 +44,7 @@ def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperat
         history=cfg.agent.history,
         constrained=cfg.agent.constrained,
         answer_max_tokens=cfg.agent.answer_max_new_tokens,
+        selection=cfg.agent.action_selection,
     )
 
 

@@ -1,9 +1,11 @@
+import pytest
+
 from evaluation.environments import make_environment
 from prompts.agent import build_messages, extract_hints_block, render_hints_block, strip_hints_block
 from r2w.backends import SamplingParams
 from r2w.config import EnvConfig
 from r2w.contracts import Hint
-from r2w.rollout import LLMPolicy, RandomPolicy, map_to_valid_action, run_episodes
+from r2w.rollout import EpisodeState, LLMPolicy, RandomPolicy, map_to_valid_action, run_episodes
 
 ENV = EnvConfig(game="twc", max_steps=8)
 
@@ -49,3 +51,48 @@ def test_constrained_llm_policy_only_emits_valid_actions(tiny_backend):
     steps = [s for e in episodes for s in e.steps]
     assert steps and all(s.response in s.valid_actions for s in steps)  # verbatim, not just mapped
     assert all(s.prompt_tokens > 0 and s.completion_tokens > 0 for s in steps)
+
+
+def _full_pass_logprob(backend, messages, reply: str) -> float:
+    """Reference: one full forward pass over prompt + reply + end of turn, no cache reuse."""
+    import torch
+
+    tok = backend.tokenizer
+    p_ids = tok(backend.render(messages), add_special_tokens=False)["input_ids"]
+    r_ids = tok(reply, add_special_tokens=False)["input_ids"] + [backend.eos_id]
+    ids = torch.tensor([p_ids + r_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(backend.model(input_ids=ids).logits.float()[0, :-1], dim=-1)
+    return float(logp[torch.arange(len(p_ids) - 1, ids.shape[1] - 1), ids[0, len(p_ids) :]].sum())
+
+
+def test_scoring_with_a_shared_prompt_cache_equals_full_passes(tiny_backend):
+    factory = make_environment(ENV)
+    env = factory.make()
+    text, obs = env.reset(factory.tasks("test", 1)[0])
+    messages = build_messages(text, obs.text, obs.valid_actions, [])
+    options = obs.valid_actions[:6]  # different lengths: exercises the padding of the continuations
+    assert len({len(o) for o in options}) > 1
+    [scored] = tiny_backend.score([messages], [options])
+    expected = [_full_pass_logprob(tiny_backend, messages, o) for o in options]
+    assert scored.logprobs == pytest.approx(expected, abs=1e-3)
+    assert scored.prompt_tokens > 0 and all(n >= 2 for n in scored.choice_tokens)
+
+
+def test_score_selection_picks_the_likeliest_valid_action(tiny_backend):
+    factory = make_environment(ENV)
+    tasks = factory.tasks("train", 2)
+    greedy = LLMPolicy(tiny_backend, "tiny", SamplingParams(max_tokens=4, temperature=0.0), selection="score")
+    episodes = run_episodes(factory, [(t, 0) for t in tasks], greedy, 3, batch_size=2)
+    for step in (s for e in episodes for s in e.steps):
+        [scored] = tiny_backend.score([step.prompt], [step.valid_actions])
+        best = max(range(len(step.valid_actions)), key=scored.logprobs.__getitem__)
+        assert step.action == step.valid_actions[best] and step.completion_tokens == scored.choice_tokens[best]
+    # sampling draws in proportion to likelihood: over many draws, more than one action comes up
+    sampled = LLMPolicy(tiny_backend, "tiny", SamplingParams(temperature=5.0, seed=1), selection="score")
+    env = factory.make()
+    text, obs = env.reset(tasks[0])
+    picks = {sampled.act([EpisodeState(tasks[0], text, obs)])[0].action for _ in range(12)}
+    assert len(picks) > 1 and picks <= set(obs.valid_actions)
+    with pytest.raises(ValueError, match="action_selection"):
+        LLMPolicy(tiny_backend, "tiny", SamplingParams(), selection="vote")

@@ -57,3 +57,9 @@ def test_replay_families_must_not_be_what_the_gate_measures_or_trains():
         load_config("test", {**replay, "distill.replay.families": ["letter_counting"], "distill.method": "dpo"})
     cfg = load_config("test", {**replay, "distill.replay.families": ["letter_counting"]})
     assert cfg.distill.replay.examples == 8
+
+
+def test_score_selection_needs_a_backend_that_exposes_logits():
+    with pytest.raises(ConfigError, match="action_selection=score .* models.backend=transformers, got 'auto'"):
+        load_config("tidy6", {"agent.action_selection": "score"})
+    assert load_config("test", {"agent.action_selection": "score"}).agent.action_selection == "score"

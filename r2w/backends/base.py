@@ -40,6 +40,15 @@ class Completion:
         return cls(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=counts)
 
 
+@dataclass
+class ChoiceScores:
+    """Log-likelihood of each allowed reply after one prompt (action selection by scoring)."""
+
+    logprobs: list[float]  # per choice: sum of log p(choice tokens + end of turn | prompt)
+    prompt_tokens: int
+    choice_tokens: list[int]
+
+
 def check_choices(prompts: list, choices: list[list[str]] | None) -> None:
     """`choices` is one list of allowed replies per prompt, or None."""
     if choices is not None and len(choices) != len(prompts):
@@ -57,3 +66,9 @@ class GenerationBackend(Protocol):
     ) -> list[Completion]: ...
 
     def close(self) -> None: ...
+
+
+class ScoringBackend(GenerationBackend, Protocol):
+    """A backend that can also score given replies (transformers); `agent.action_selection: score` needs one."""
+
+    def score(self, prompts: list[list[Message]], choices: list[list[str]]) -> list[ChoiceScores]: ...

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from r2w.backends.base import Completion, SamplingParams, check_choices
+from r2w.backends.base import ChoiceScores, Completion, SamplingParams, check_choices
 from r2w.contracts import Message
 
 MICRO_BATCH = 32
@@ -85,6 +85,42 @@ class TransformersBackend:
                 comp.texts.append(text)
                 comp.completion_tokens.append(n_new)
         return [outputs[i] for i in range(len(texts))]
+
+    @torch.inference_mode()
+    def score(self, prompts: list[list[Message]], choices: list[list[str]]) -> list[ChoiceScores]:
+        """Total log-likelihood of each choice (+ end of turn) after its prompt.
+
+        The prompt is run once and its key/value cache repeated for the choices, so scoring k actions
+        costs one prompt pass plus k short continuations, not k full passes.
+        """
+        check_choices(prompts, choices)
+        tok = self.tokenizer
+        results = []
+        for messages, options in zip(prompts, choices, strict=True):
+            if not options:
+                raise ValueError("score: every prompt needs at least one choice")
+            p_ids = tok(self.render(messages), return_tensors="pt", add_special_tokens=False)["input_ids"]
+            first = self.model(input_ids=p_ids, use_cache=True)
+            next_logp = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+            ids = [tok(o, add_special_tokens=False)["input_ids"] + [self.eos_id] for o in options]
+            width = max(len(x) for x in ids)
+            batch = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(ids), p_ids.shape[1] + width), dtype=torch.long)
+            mask[:, : p_ids.shape[1]] = 1
+            for j, x in enumerate(ids):
+                batch[j, : len(x)] = torch.tensor(x)
+                mask[j, p_ids.shape[1] : p_ids.shape[1] + len(x)] = 1
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(len(ids))
+            logp = torch.log_softmax(
+                self.model(input_ids=batch, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1
+            )
+            totals = []
+            for j, x in enumerate(ids):
+                later = logp[j, torch.arange(len(x) - 1), torch.tensor(x[1:])] if len(x) > 1 else torch.zeros(0)
+                totals.append(float(next_logp[x[0]] + later.sum()))
+            results.append(ChoiceScores(totals, int(p_ids.shape[1]), [len(x) for x in ids]))
+        return results
 
     def _generate_batch(
         self, texts: list[str], params: SamplingParams, choices: list[list[str]] | None
