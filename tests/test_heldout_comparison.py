@@ -53,3 +53,35 @@ def test_heldout_comparison_runs_every_policy_on_the_same_seeds(tiny_model, tmp_
     assert result["meta"]["n"] == 3
     # the retention game runs on its own step budget, not the trained game's
     assert saved["retention"]["coin"]["base"]["mean_steps"] <= 2 < result["meta"]["env"]["max_steps"]
+
+
+def test_action_selection_benchmark_pairs_generate_and_score_on_the_same_seeds(tiny_model, tmp_path):
+    from evaluation.benchmarks.action_selection import main
+    from r2w.contracts import Episode
+    from r2w.datasets import save_records
+
+    args = ["--config", "test", "--set", f"data_dir={tmp_path}", "--set", "env.max_steps=3", "--n", "3"]
+    result = main([*args, "--model", f"tiny={tiny_model}", "--out", str(tmp_path / "sel.json")])
+    assert set(result["scores"]) == {"tiny generate", "tiny score"}
+    assert all(s["n"] == 3 for s in result["scores"].values())
+    [paired] = result["comparisons"]
+    assert sum(paired["table"].values()) == 3 and json.loads((tmp_path / "sel.json").read_text())["scores"]
+    # --pair-with: the generate arm comes from stored episodes of the same seeds, not a replay
+    stored = [
+        Episode(
+            episode_id=f"e{i}",
+            env="twx",
+            category="twc",
+            task_id=f"twx/twc/test/{20000 + i}",
+            split="test",
+            seed=20000 + i,
+            task="t",
+            success=True,
+            policy="tiny",
+        )
+        for i in range(3)
+    ]
+    ref = save_records(stored, tmp_path / "datasets", "eval-episodes")
+    again = main([*args, "--model", f"tiny={tiny_model}", "--modes", "generate,score", "--pair-with", ref.path])
+    assert again["scores"]["tiny generate"]["successes"] == 3 and "tiny generate" not in again["seconds"]
+    assert again["scores"]["tiny score"] == result["scores"]["tiny score"]  # greedy scoring is deterministic
