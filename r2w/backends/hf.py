@@ -90,8 +90,10 @@ class TransformersBackend:
     def score(self, prompts: list[list[Message]], choices: list[list[str]]) -> list[ChoiceScores]:
         """Total log-likelihood of each choice (+ end of turn) after its prompt.
 
-        The prompt is run once and its key/value cache repeated for the choices, so scoring k actions
-        costs one prompt pass plus k short continuations, not k full passes.
+        One forward pass per prompt: the prompt followed by every choice, with a tree-shaped attention
+        mask (each choice sees the prompt and its own earlier tokens, never another choice) and positions
+        that restart after the prompt. Scoring k actions then costs about one pass over prompt + all
+        choice tokens, not k full passes (and no k-fold copy of the prompt's key/value cache).
         """
         check_choices(prompts, choices)
         tok = self.tokenizer
@@ -99,27 +101,30 @@ class TransformersBackend:
         for messages, options in zip(prompts, choices, strict=True):
             if not options:
                 raise ValueError("score: every prompt needs at least one choice")
-            p_ids = tok(self.render(messages), return_tensors="pt", add_special_tokens=False)["input_ids"]
-            first = self.model(input_ids=p_ids, use_cache=True)
-            next_logp = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+            p_ids = tok(self.render(messages), add_special_tokens=False)["input_ids"]
             ids = [tok(o, add_special_tokens=False)["input_ids"] + [self.eos_id] for o in options]
-            width = max(len(x) for x in ids)
-            batch = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(ids), p_ids.shape[1] + width), dtype=torch.long)
-            mask[:, : p_ids.shape[1]] = 1
-            for j, x in enumerate(ids):
-                batch[j, : len(x)] = torch.tensor(x)
-                mask[j, p_ids.shape[1] : p_ids.shape[1] + len(x)] = 1
-            cache = first.past_key_values
-            cache.batch_repeat_interleave(len(ids))
-            logp = torch.log_softmax(
-                self.model(input_ids=batch, attention_mask=mask, past_key_values=cache).logits.float(), dim=-1
-            )
+            n_prompt, total = len(p_ids), len(p_ids) + sum(len(x) for x in ids)
+            allowed = torch.zeros((total, total), dtype=torch.bool)
+            allowed[:n_prompt, :n_prompt] = torch.ones(n_prompt, n_prompt, dtype=torch.bool).tril()
+            positions, spans, start = list(range(n_prompt)), [], n_prompt
+            for x in ids:
+                end = start + len(x)
+                allowed[start:end, :n_prompt] = True
+                allowed[start:end, start:end] = torch.ones(len(x), len(x), dtype=torch.bool).tril()
+                positions += range(n_prompt, n_prompt + len(x))
+                spans.append(start)
+                start = end
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros((1, 1, total, total), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+            input_ids = torch.tensor([p_ids + [t for x in ids for t in x]])
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=torch.tensor([positions])).logits
+            logp = torch.log_softmax(logits[0].float(), dim=-1)
             totals = []
-            for j, x in enumerate(ids):
-                later = logp[j, torch.arange(len(x) - 1), torch.tensor(x[1:])] if len(x) > 1 else torch.zeros(0)
-                totals.append(float(next_logp[x[0]] + later.sum()))
-            results.append(ChoiceScores(totals, int(p_ids.shape[1]), [len(x) for x in ids]))
+            for x, begin in zip(ids, spans, strict=True):
+                # token t of a choice is predicted at the position before it: the prompt's last for t = 0
+                rows = torch.tensor([n_prompt - 1] + list(range(begin, begin + len(x) - 1)))
+                totals.append(float(logp[rows, torch.tensor(x)].sum()))
+            results.append(ChoiceScores(totals, n_prompt, [len(x) for x in ids]))
         return results
 
     def _generate_batch(
