@@ -271,6 +271,7 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
         cfg.runtime.seed,
         base_episodes,
     )
+    summary.training_examples = sum(e.split == "train" for e in examples)  # teacher rows; replay is extra
     if cfg.distill.replay.examples and examples:
         # against forgetting: the base's own answers on other families, mixed into the SFT set
         replay = run_stage(summary, "replay", replay_task, cfg, base, cfg.distill.replay)
@@ -279,7 +280,6 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
         families = cfg.distill.replay.families
         log.info("replay: %d base answers from %s added (%d empty skipped)", replay.kept, families, replay.empty)
     examples_ref = save_records(examples, cfg.data_path / "datasets", "distill-examples", {"leakage": leakage})
-    summary.training_examples = sum(e.split == "train" and e.category != "replay" for e in examples)
     lineage["training_dataset"] = examples_ref.hash
     log_metrics(
         client,

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from r2w.config import HintsConfig
 from r2w.contracts import Hint, utcnow
+from r2w.locks import file_lock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -165,9 +166,7 @@ class HintStore:
             path.mkdir(parents=True, exist_ok=True)
             self._path, self._settings = path, settings
             self._seen = self._generation()  # read before opening: a later write only makes us reopen once more
-            with self._opening():
-                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
-                self.collection = self._collection()
+            self._open_on_disk()
         where = cfg.chroma_url or str(Path(data_dir).resolve() / "chroma")
         self.identity = f"chroma:{where}:{cfg.collection}"  # enters Prefect cache keys
 
@@ -185,41 +184,29 @@ class HintStore:
             return  # a server serves one consistent view
         gen = self._generation()
         if gen != self._seen:
-            import chromadb
             from chromadb.api.shared_system_client import SharedSystemClient
 
             # a new system for this path (the cached one is stale); other clients keep the old one
             SharedSystemClient._identifier_to_system.pop(str(self._path), None)
-            with self._opening():
-                self.client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
-                self.collection = self._collection()
+            self._open_on_disk()
             self._seen = gen
 
-    @contextmanager
-    def _opening(self) -> Iterator[None]:
-        """One process at a time opens the on-disk store: Chroma creates its SQLite schema and the
+    def _open_on_disk(self) -> None:
+        """Open the on-disk store, one process at a time: Chroma creates its SQLite schema and the
         collection on first open, and two processes doing that at once fail ("table collections
         already exists"). Taken after the collection's writer lock, never before it."""
-        import fcntl
+        import chromadb
 
-        lock = Path(self._path).parent / "locks" / "chroma-open.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self._path.parent / "locks" / "chroma-open.lock"):
+            self.client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
+            self.collection = self._collection()
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
-        import fcntl
         import os
         import uuid
 
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with file_lock(self._lock_path):
             try:
                 self._fresh()
                 yield
@@ -227,7 +214,6 @@ class HintStore:
                 if not self.cfg.chroma_url:
                     self._seen = f"{os.getpid()}-{uuid.uuid4().hex}"
                     self._gen_path.write_text(self._seen)
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _collection(self):
         return self.client.get_or_create_collection(

@@ -7,6 +7,7 @@ padded transformers generate) pay off. Policies see only prompts and valid actio
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable
@@ -117,8 +118,6 @@ class LLMPolicy:
 
     def _score(self, states: list[EpisodeState], prompts: list[list[Message]]) -> list[Decision]:
         """Action selection by likelihood: argmax when greedy, else a draw with p ~ exp(logp / T)."""
-        import math
-
         scored = self.backend.score(prompts, [s.obs.valid_actions for s in states])
         out = []
         for state, prompt, result in zip(states, prompts, scored, strict=True):

@@ -5,13 +5,12 @@ Explicit run ids keep logging correct when Prefect runs tasks in worker threads.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from r2w.config import R2WConfig
+from r2w.locks import file_lock
 
 
 def client_for(cfg: R2WConfig):
@@ -41,7 +40,7 @@ def start_run(client, cfg: R2WConfig, run_name: str, tags: dict[str, str] | None
 def log_params(client, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
-    flat = _flatten(params)
+    flat = flatten(params)
     items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
@@ -58,12 +57,13 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -
         client.log_batch(run_id, metrics=items)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config dict -> dotted keys, as MLflow params are logged."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -72,16 +72,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 @contextmanager
 def registry_lock(cfg: R2WConfig) -> Iterator[None]:
     """One registry writer per model name on this machine (flows for one model never interleave)."""
-    lock_dir = cfg.data_path / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"registry-{cfg.registry.model_name}.lock"
-    fd = os.open(path, os.O_CREAT | os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(cfg.data_path / "locks" / f"registry-{cfg.registry.model_name}.lock"):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def artifact_dir_uri(client, run_id: str, sub: str) -> str:

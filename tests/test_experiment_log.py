@@ -7,7 +7,7 @@ import shlex
 
 from evaluation.benchmarks.experiment_log import experiment_rows, markdown
 from r2w.config import load_config, merge_overrides, parse_sets
-from r2w.tracking import _flatten, client_for, log_metrics, log_params, start_run
+from r2w.tracking import client_for, flatten, log_metrics, log_params, start_run
 
 
 def _logged_run(cfg, metrics: dict[str, float], tags: dict[str, str] | None = None) -> str:
@@ -56,7 +56,7 @@ def test_rows_name_the_recipe_and_their_command_rebuilds_its_config(tmp_path):
     # the command's --set items rebuild exactly the variant's config
     sets = [a for a in shlex.split(rows[1]["command"]) if "=" in a]
     rebuilt = load_config("test", merge_overrides(base, parse_sets(sets)))
-    assert _flatten(rebuilt.model_dump(mode="json")) == _flatten(cfg_variant.model_dump(mode="json"))
+    assert flatten(rebuilt.model_dump(mode="json")) == flatten(cfg_variant.model_dump(mode="json"))
     n = cfg.evaluate.test_episodes
     assert rows[0]["scores"]["student"]["successes"] == round(0.5 * n) and rows[0]["scores"]["student"]["n"] == n
     assert rows[1]["scores"]["student"]["n"] == 4 and rows[1]["scores"]["student"]["mean_tokens"] == 12.0

@@ -94,17 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def render(result: dict) -> str:
+    from evaluation.benchmarks.heldout_comparison import paired_table, scores_table
+
     lines = [f"n = {result['meta']['n']} test seeds, greedy, hint-free", ""]
-    lines += ["| policy | success (95% CI) | tokens/episode |", "|---|---|---:|"]
-    for name, s in result["scores"].items():
-        rate = f"{s['successes']}/{s['n']} = {s['rate']:.1%} ({s['ci_low']:.1%}-{s['ci_high']:.1%})"
-        lines.append(f"| {name} | {rate} | {s['mean_tokens']:.0f} |")
+    lines += scores_table(list(result["scores"].values()))
     if result["comparisons"]:
-        lines += ["", "| paired | a only | b only | difference (95% CI) | McNemar p |", "|---|---:|---:|---|---:|"]
-        for c in result["comparisons"]:
-            t = c["table"]
-            diff = f"{c['diff']:+.1%} ({c['ci_low']:+.1%}..{c['ci_high']:+.1%})"
-            lines.append(f"| {c['a']} vs {c['b']} | {t['only_a']} | {t['only_b']} | {diff} | {c['p_mcnemar']:.2g} |")
+        lines += ["", *paired_table(result["comparisons"])]
     return "\n".join(lines)
 
 

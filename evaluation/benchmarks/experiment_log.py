@@ -23,7 +23,7 @@ from typing import Any
 from evaluation.metrics import wilson_interval
 from r2w.config import R2WConfig, load_config
 from r2w.datasets import write_json_atomically
-from r2w.tracking import _flatten, client_for
+from r2w.tracking import client_for, flatten
 
 # Params that name where a run lives, not what it learned: never part of the recipe.
 NOT_RECIPE = {"name", "data_dir", "registry.tracking_uri"}
@@ -39,7 +39,7 @@ def _value(text: str) -> Any:
 
 def recipe_overrides(params: dict[str, str], cfg: R2WConfig) -> dict[str, Any]:
     """The run's params that differ from the config file: the `--set` items that reproduce it."""
-    defaults = {k: v for k, v in _flatten(cfg.model_dump(mode="json")).items()}
+    defaults = flatten(cfg.model_dump(mode="json"))
     out = {}
     for key, text in sorted(params.items()):
         if key in NOT_RECIPE or key not in defaults:

@@ -161,22 +161,34 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def render(result: dict) -> str:
-    """Markdown tables: scores, paired comparisons, retention in points."""
-    lines = [f"### {result['meta']['label'] or result['meta']['config']} (n={result['meta']['n']} test seeds)", ""]
-    lines += ["| policy | success (95% CI) | n | steps/ep | tokens/ep |", "|---|---|---:|---:|---:|"]
-    for s in result["scores"].values():
+def scores_table(scores: list[dict]) -> list[str]:
+    """Markdown rows: each policy's success with its interval, n, steps and tokens per episode."""
+    lines = ["| policy | success (95% CI) | n | steps/ep | tokens/ep |", "|---|---|---:|---:|---:|"]
+    for s in scores:
         lines.append(
             f"| {s['policy']} | {s['rate']:.1%} ({s['ci_low']:.1%}-{s['ci_high']:.1%}) | {s['n']} "
             f"| {s['mean_steps']:.1f} | {s['mean_tokens']:.0f} |"
         )
-    lines += ["", "| paired (same seeds) | a only | b only | diff (95% CI) | McNemar p |", "|---|---:|---:|---|---:|"]
-    for c in result["comparisons"]:
+    return lines
+
+
+def paired_table(comparisons: list[dict]) -> list[str]:
+    """Markdown rows: discordant seeds, the paired difference with its interval, McNemar p."""
+    lines = ["| paired (same seeds) | a only | b only | diff (95% CI) | McNemar p |", "|---|---:|---:|---|---:|"]
+    for c in comparisons:
         t = c["table"]
         lines.append(
             f"| {c['a']} vs {c['b']} | {t['only_a']} | {t['only_b']} | {c['diff']:+.1%} "
             f"({c['ci_low']:+.1%}..{c['ci_high']:+.1%}) | {c['p_mcnemar']:.2g} |"
         )
+    return lines
+
+
+def render(result: dict) -> str:
+    """Markdown tables: scores, paired comparisons, retention in points."""
+    lines = [f"### {result['meta']['label'] or result['meta']['config']} (n={result['meta']['n']} test seeds)", ""]
+    lines += scores_table(list(result["scores"].values()))
+    lines += ["", *paired_table(result["comparisons"])]
     lines += ["", "| retention suite | base | student | drop (points, 95% CI) |", "|---|---|---|---|"]
     for key, r in result["retention"].items():
         b, s, c = r["base"], r["student"], r["paired"]

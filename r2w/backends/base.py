@@ -66,9 +66,3 @@ class GenerationBackend(Protocol):
     ) -> list[Completion]: ...
 
     def close(self) -> None: ...
-
-
-class ScoringBackend(GenerationBackend, Protocol):
-    """A backend that can also score given replies (transformers); `agent.action_selection: score` needs one."""
-
-    def score(self, prompts: list[list[Message]], choices: list[list[str]]) -> list[ChoiceScores]: ...
