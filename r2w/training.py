@@ -37,7 +37,7 @@ def trainer_settings(cfg: DistillConfig, checkpoints: Path, seed: int, save_step
         gradient_accumulation_steps=cfg.grad_accum,
         bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=True,
+        use_cpu=not _cuda_available(),  # a GPU when there is one; the Trainer moves the model there
         report_to=[],
         logging_strategy="steps",
         logging_steps=1,
@@ -50,6 +50,12 @@ def trainer_settings(cfg: DistillConfig, checkpoints: Path, seed: int, save_step
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def default_save_steps(max_steps: int) -> int:
@@ -174,8 +180,9 @@ def check_inputs(tokenizer, examples: list[DistillExample]) -> list:
 def logits(model, check_ids: list) -> list:
     import torch
 
+    device = next(model.parameters()).device  # the trained model may sit on a GPU; compare on the CPU
     with torch.inference_mode():
-        return [model(input_ids=ids).logits.float() for ids in check_ids]
+        return [model(input_ids=ids.to(device)).logits.float().cpu() for ids in check_ids]
 
 
 def trained_and_base_logits(peft_model, check_ids: list) -> tuple[list, list]:

@@ -1,9 +1,15 @@
-"""Seconds per optimizer step of each distillation method, through r2w's own trainers (tasks/distill.py).
+"""Seconds per optimizer step of each distillation method, through r2w's own trainers (r2w/trainers.py).
 
 Same fixed synthetic agent-style set for every method (64 prompts with 0-3 history turns, from
 sft_overhead.synthetic_examples): SFT trains on the action, DPO on (action, another valid action),
 on-policy samples `distill.onpolicy.samples` completions per prompt and scores them with the hints block.
-All with batch 4, LoRA r16 on q/k/v/o/up/down, bf16 autocast, gradient checkpointing off, 1 thread.
+All with LoRA r16 on q/k/v/o/up/down, bf16 autocast (float32 master weights), gradient checkpointing off,
+1 thread; batch 4 unless --batch. Training runs on the GPU when torch sees one (r2w/training.py).
+
+`--examples DIR` trains on a stored distill-examples dataset instead (SFT rows of a real run, e.g. tidy6's).
+`--model arch:smollm2-360m` (or -135m, -1.7b) builds that SmolLM2 architecture with RANDOM weights and the
+SmolLM2 tokenizer (`--tokenizer DIR`): no larger model's weights can be fetched here, and speed does not
+depend on the weights' values, so this measures the training step of a larger model, not its skill.
 
 s/step = the Trainer's train_runtime / steps (the training loop only); wall s adds load, save, merge and
 the round-trip check. The machine's load average is printed with the figures: on a shared 2-core box it
@@ -13,6 +19,8 @@ Command (repo root, venv active; keep smollm2 runs short on a 2-core box):
 
     python -m evaluation.benchmarks.distill_speed --model smollm2 --steps 4
     python -m evaluation.benchmarks.distill_speed --model tiny --steps 4 --methods sft dpo onpolicy
+    python -m evaluation.benchmarks.distill_speed --model arch:smollm2-360m --tokenizer <smollm2 dir> \
+        --examples .r2w-tidy6/datasets/distill-examples/<id> --methods sft --steps 20 --batch 8
 """
 
 from __future__ import annotations
@@ -26,6 +34,68 @@ from pathlib import Path
 from r2w.runtime import configure_environment, set_torch_threads
 
 METHODS = ("sft", "dpo", "onpolicy")
+
+# Published SmolLM2 shapes (HuggingFaceTB/SmolLM2-*-Instruct config.json); 135m is the local model's own.
+ARCHITECTURES = {
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        rope_theta=100000.0,
+    ),
+    "smollm2-360m": dict(
+        hidden_size=960,
+        intermediate_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=15,
+        num_key_value_heads=5,
+        rope_theta=100000.0,
+    ),
+    "smollm2-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        rope_theta=130000.0,
+    ),
+}
+
+
+def build_architecture(name: str, tokenizer_dir: Path, folder: Path) -> Path:
+    """A randomly initialised SmolLM2-shaped model (float32) with the real tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if name not in ARCHITECTURES:
+        raise SystemExit(f"--model arch:{name}: unknown architecture; expected one of {sorted(ARCHITECTURES)}")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **ARCHITECTURES[name],
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def stored_examples(folder: str, method: str) -> list:
+    """A stored distill-examples dataset; DPO needs its `rejected` actions, so only an SFT set for sft."""
+    from r2w.contracts import DistillExample
+    from r2w.datasets import load_records
+
+    examples = [e.model_copy(update={"split": "train"}) for e in load_records(folder, DistillExample)]
+    if method != "sft" and any(e.rejected is None for e in examples):
+        raise SystemExit(f"--examples {folder}: rows have no rejected action; use --methods sft with it")
+    return examples
 
 
 def method_examples(method: str) -> list:
@@ -47,23 +117,30 @@ def method_examples(method: str) -> list:
     return out
 
 
-def run(method: str, base: Path, steps: int, workdir: Path) -> dict:
+def run(method: str, base: Path, steps: int, workdir: Path, batch: int = 4, examples: str | None = None) -> dict:
     from r2w.config import DistillConfig
-    from tasks.distill import train_student
+    from r2w.trainers import train_student
 
     cfg = DistillConfig(
         method=method,
         max_steps=steps,
         learning_rate=2e-4,
-        batch_size=4,
+        batch_size=batch,
         bf16=True,
         gradient_checkpointing=False,
         validation_fraction=0.0,
         save_steps=steps,
     )
+    import torch
+
+    rows = stored_examples(examples, method) if examples else method_examples(method)
     load_before = os.getloadavg()[0]
-    art = train_student(method_examples(method), base, cfg, workdir / method, resume=False)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    art = train_student(rows, base, cfg, workdir / method, resume=False)
     return {
+        "tokens_per_s": art.tokens_per_s,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
         "s_per_step": art.train_seconds / art.steps,
         "train_s": art.train_seconds,
         "wall_s": art.seconds,
@@ -75,7 +152,10 @@ def run(method: str, base: Path, steps: int, workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    parser.add_argument("--model", default="smollm2", help="smollm2, tiny, a model folder, or arch:<name> (random)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder for arch:<name> (default: smollm2's)")
+    parser.add_argument("--examples", default=None, help="stored distill-examples dataset folder (SFT rows)")
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["sft", "dpo"])
     parser.add_argument("--data-dir", default=".r2w")
@@ -84,22 +164,50 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_environment(args.data_dir)  # before transformers/prefect are imported
     set_torch_threads(args.threads)
+    import torch
+
     from r2w.models import resolve_model
 
-    base = resolve_model(args.model, args.data_dir)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="distill-speed-") as tmp:
-        run("sft", base, 1, Path(tmp) / "warmup")  # unreported: one-off kernel/page-cache warm-up
+        if args.model.startswith("arch:"):
+            tokenizer = Path(args.tokenizer) if args.tokenizer else resolve_model("smollm2", args.data_dir)
+            base = build_architecture(args.model.removeprefix("arch:"), tokenizer, Path(tmp) / "base")
+        else:
+            base = resolve_model(args.model, args.data_dir)
+        run("sft", base, 1, Path(tmp) / "warmup", args.batch, args.examples)  # unreported: kernels, page cache
         for method in args.methods:
-            rows[method] = run(method, base, args.steps, Path(tmp))
-    print(f"model={args.model} steps={args.steps} batch=4 LoRA r16 bf16-autocast, {args.threads} thread(s)")
-    print(f"{'method':<10}{'s/step':>8}{'train s':>9}{'wall s':>8}{'loss@1':>9}{'loss@end':>10}{'load avg':>10}")
+            rows[method] = run(method, base, args.steps, Path(tmp), args.batch, args.examples)
+        params = parameter_count(base)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} thread(s)"
+    data = f"examples={args.examples}" if args.examples else "64 synthetic examples"
+    print(
+        f"model={args.model} ({params / 1e6:.0f}M params) steps={args.steps} batch={args.batch} LoRA r16 "
+        f"bf16-autocast on {device}; {data}"
+    )
+    print(
+        f"{'method':<10}{'s/step':>8}{'tok/s':>9}{'train s':>9}{'wall s':>8}{'loss@1':>9}{'loss@end':>10}"
+        f"{'peak GiB':>10}{'load avg':>10}"
+    )
     for method, r in rows.items():
         print(
-            f"{method:<10}{r['s_per_step']:>8.2f}{r['train_s']:>9.1f}{r['wall_s']:>8.1f}"
-            f"{r['first_loss']:>9.4f}{r['last_loss']:>10.4f}{r['load']:>10.1f}"
+            f"{method:<10}{r['s_per_step']:>8.3f}{r['tokens_per_s']:>9.0f}{r['train_s']:>9.1f}{r['wall_s']:>8.1f}"
+            f"{r['first_loss']:>9.4f}{r['last_loss']:>10.4f}{r['peak_gib']:>10.2f}{r['load']:>10.1f}"
         )
     return 0
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters stored in a model folder's safetensors (tied embeddings counted once)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for shard in Path(folder).glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    return total
 
 
 if __name__ == "__main__":
