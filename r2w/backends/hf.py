@@ -37,7 +37,9 @@ class TransformersBackend:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter_path))
-        self.model = model.eval()
+        # a GPU when torch sees one (the identity below leaves it out: same weights, same cache keys)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             self.eos_id = self.tokenizer.eos_token_id
@@ -116,9 +118,13 @@ class TransformersBackend:
                 start = end
             dtype = next(self.model.parameters()).dtype
             mask = torch.zeros((1, 1, total, total), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-            input_ids = torch.tensor([p_ids + [t for x in ids for t in x]])
-            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=torch.tensor([positions])).logits
-            logp = torch.log_softmax(logits[0].float(), dim=-1)
+            input_ids = torch.tensor([p_ids + [t for x in ids for t in x]], device=self.device)
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=mask.to(self.device),
+                position_ids=torch.tensor([positions], device=self.device),
+            ).logits
+            logp = torch.log_softmax(logits[0].float(), dim=-1).cpu()
             totals = []
             for x, begin in zip(ids, spans, strict=True):
                 # token t of a choice is predicted at the position before it: the prompt's last for t = 0
@@ -131,7 +137,7 @@ class TransformersBackend:
         self, texts: list[str], params: SamplingParams, choices: list[list[str]] | None
     ) -> tuple[list[tuple[str, int]], list[int]]:
         tok = self.tokenizer
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
         max_new = params.max_tokens
         kwargs: dict = {}
