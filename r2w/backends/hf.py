@@ -119,17 +119,21 @@ class TransformersBackend:
             dtype = next(self.model.parameters()).dtype
             mask = torch.zeros((1, 1, total, total), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
             input_ids = torch.tensor([p_ids + [t for x in ids for t in x]], device=self.device)
+            # token t of a choice is predicted at the position before it: the prompt's last for t = 0;
+            # only those rows go through the vocabulary head (`logits_to_keep`), in this order
+            rows = [[n_prompt - 1, *range(begin, begin + len(x) - 1)] for x, begin in zip(ids, spans, strict=True)]
             logits = self.model(
                 input_ids=input_ids,
                 attention_mask=mask.to(self.device),
                 position_ids=torch.tensor([positions], device=self.device),
+                logits_to_keep=torch.tensor([r for row in rows for r in row], device=self.device),
             ).logits
             logp = torch.log_softmax(logits[0].float(), dim=-1).cpu()
-            totals = []
-            for x, begin in zip(ids, spans, strict=True):
-                # token t of a choice is predicted at the position before it: the prompt's last for t = 0
-                rows = torch.tensor([n_prompt - 1] + list(range(begin, begin + len(x) - 1)))
-                totals.append(float(logp[rows, torch.tensor(x)].sum()))
+            totals, offset = [], 0
+            for x, row in zip(ids, rows, strict=True):
+                kept = torch.arange(offset, offset + len(row))
+                totals.append(float(logp[kept, torch.tensor(x)].sum()))
+                offset += len(row)
             results.append(ChoiceScores(totals, n_prompt, [len(x) for x in ids]))
         return results
 
