@@ -85,3 +85,45 @@ def test_action_selection_benchmark_pairs_generate_and_score_on_the_same_seeds(t
     again = main([*args, "--model", f"tiny={tiny_model}", "--modes", "generate,score", "--pair-with", ref.path])
     assert again["scores"]["tiny generate"]["successes"] == 3 and "tiny generate" not in again["seconds"]
     assert again["scores"]["tiny score"] == result["scores"]["tiny score"]  # greedy scoring is deterministic
+
+
+def test_pass_at_n_is_the_unbiased_estimate():
+    from evaluation.benchmarks.hint_k import pass_at_n
+    from r2w.contracts import Episode
+
+    def ep(task: str, i: int, success: bool) -> Episode:
+        return Episode(episode_id=f"{task}-{i}", env="twx", category="twc", task_id=task, split="train", seed=0,
+                       task="t", success=success, policy="teacher")  # fmt: skip
+
+    # task a: 1 success in 4 attempts; task b: none; task c: all four
+    eps = [ep("a", i, i == 0) for i in range(4)] + [ep("b", i, False) for i in range(4)]
+    eps += [ep("c", i, True) for i in range(4)]
+    got = pass_at_n(eps)
+    assert got["tasks"] == 3 and got["attempts_per_task"] == 4 and set(got["pass_at"]) == {1, 2, 4}
+    assert got["pass_at"][1] == pytest.approx((0.25 + 0 + 1) / 3)
+    assert got["pass_at"][2] == pytest.approx((0.5 + 0 + 1) / 3)  # 1 - C(3,2)/C(4,2) = 0.5
+    assert got["pass_at"][4] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="different attempt counts"):
+        pass_at_n(eps[:-1])
+
+
+def test_hint_k_benchmark_plays_each_k_on_the_same_seeds(tiny_model, tmp_path):
+    from evaluation.benchmarks.hint_k import main
+    from r2w.config import load_config
+    from r2w.contracts import Hint
+    from r2w.hintstore import HintStore
+
+    args = ["--config", "test", "--set", f"data_dir={tmp_path}", "--set", "env.max_steps=2", "--n", "3"]
+    cfg = load_config("test", {"data_dir": str(tmp_path)})
+    text = "Take the misplaced item first, then put it where it belongs."
+    hint = Hint(hint_id=Hint.make_id(text, "twc"), text=text, applicability="When an item is out of place",
+                category="twc")  # fmt: skip
+    HintStore(cfg.hints, cfg.data_path).upsert([hint], run_id="test")
+    result = main([*args, "--k", "0,1", "--backend", "transformers", "--out", str(tmp_path / "k.json")])
+    assert set(result["scores"]) == {"k=0", "k=1"} and all(s["n"] == 3 for s in result["scores"].values())
+    assert result["meta"]["active_hints"] == 1
+    assert result["meta"]["episodes_with_hints"] == {"k=0": 0, "k=1": 3}
+    [paired] = result["comparisons"]
+    assert (paired["a"], paired["b"]) == ("teacher k=1", "teacher k=0") and sum(paired["table"].values()) == 3
+    with pytest.raises(SystemExit, match="--k"):
+        main([*args, "--k", "-1"])

@@ -1,0 +1,145 @@
+"""Hint k: the teacher's single-sample success with its top-k retrieved hints, k = 0 (no hints) .. K, same seeds.
+
+The teach stage retrieves `hints.k` hints once at episode start; more hints are more guidance but a longer
+prompt for a small model. This plays the base model at the teacher's temperature on the first `--n` test
+seeds once per k, with the hint store of the config's data dir, and pairs every k against k = 0 (the base
+sampled: the hints' value) and against the configured k. Best-of-n from the teach stage's own stored
+attempts is `--teacher-episodes` (pass@n, unbiased, per training task).
+
+Command (repo root, venv active; ~4-8 min per k for 200 twc episodes with vLLM on a 2-core CPU):
+
+    python -m evaluation.benchmarks.hint_k --config tidy6 --k 0,1,3,5 --n 200 \\
+        --teacher-episodes .r2w-tidy6/datasets/teacher-episodes/<id> --out .r2w/exp/hint_k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from math import comb
+
+from r2w.datasets import write_json_atomically
+from r2w.runtime import configure_environment, set_torch_threads
+
+
+def pass_at_n(episodes: list) -> dict:
+    """Unbiased pass@n over tasks (Chen et al. 2021) for n = 1, 2, 4, ... up to the attempts per task."""
+    attempts: dict[str, list[bool]] = defaultdict(list)
+    for e in episodes:
+        attempts[e.task_id].append(e.success)
+    sizes = {len(v) for v in attempts.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"teacher episodes: tasks have different attempt counts {sorted(sizes)}; expected one")
+    total = sizes.pop()
+    ns = [n for n in (1, 2, 4, 8, 16, 32) if n <= total]
+    rates = {
+        n: sum(1 - comb(total - sum(v), n) / comb(total, n) for v in attempts.values()) / len(attempts) for n in ns
+    }
+    return {"tasks": len(attempts), "attempts_per_task": total, "pass_at": rates}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tidy6")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--k", default="0,1,3,5", help="comma list of hints per prompt (0 = no hints block)")
+    parser.add_argument("--n", type=int, default=200, help="held-out test seeds")
+    parser.add_argument("--backend", default="auto", help="auto | vllm | transformers")
+    parser.add_argument("--teacher-episodes", default=None, help="teach stage's stored attempts: pass@n")
+    parser.add_argument("--out", default=None, help="JSON file (written atomically)")
+    args = parser.parse_args(argv)
+    ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
+    if not ks or ks[0] < 0:
+        raise SystemExit(f"--k {args.k!r}: expected a comma list of integers >= 0")
+
+    from r2w.config import load_config, parse_sets
+
+    cfg = load_config(args.config, parse_sets(args.set))
+    configure_environment(cfg.data_dir)
+    set_torch_threads(cfg.runtime.torch_threads)
+
+    from evaluation.environments import make_environment
+    from evaluation.metrics import compare_paired, score_episodes
+    from r2w.backends import make_backend
+    from r2w.contracts import Episode
+    from r2w.datasets import load_records
+    from r2w.hintstore import HintStore
+    from r2w.models import resolve_model
+    from r2w.rollout import run_episodes
+    from tasks.collect import agent_policy
+    from tasks.teach import hint_provider
+
+    factory = make_environment(cfg.env)
+    jobs = [(t, 0) for t in factory.tasks("test", args.n)]
+    store = HintStore(cfg.hints, cfg.data_path)
+    backend = make_backend(args.backend, resolve_model(cfg.models.base, cfg.data_path), dtype=cfg.models.dtype)
+    episodes, seconds = {}, {}
+    for k in ks:
+        started = time.perf_counter()
+        episodes[k] = run_episodes(
+            factory,
+            jobs,
+            agent_policy(cfg, backend, f"teacher-k{k}", cfg.teach.temperature),
+            cfg.env.max_steps,
+            min(cfg.agent.batch_size, 64),
+            config_hash=cfg.hash,
+            desc=f"teacher k={k}",
+            hints_for=hint_provider(store.retrieve, k) if k else None,
+        )
+        seconds[f"k={k}"] = time.perf_counter() - started
+    close = getattr(backend, "close", None)
+    if close:
+        close()
+    scores = {f"k={k}": score_episodes(f"teacher k={k}", e).model_dump() for k, e in episodes.items()}
+    references = [r for r in (0, cfg.hints.k) if r in episodes]
+    comparisons = [
+        compare_paired(f"teacher k={k}", episodes[k], f"teacher k={r}", episodes[r])
+        for r in references
+        for k in ks
+        if k != r and not (r == cfg.hints.k and k == 0)
+    ]
+    result = {
+        "meta": {
+            "config": args.config,
+            "overrides": args.set,
+            "n": args.n,
+            "configured_k": cfg.hints.k,
+            "temperature": cfg.teach.temperature,
+            "hint_snapshot": store.snapshot_id(),
+            "active_hints": len(store.list(status="active")),
+            # audit: did retrieval fill the prompt? (k=0 must show 0; k>0 every episode, if hints exist)
+            "episodes_with_hints": {f"k={k}": sum(bool(e.hint_ids) for e in eps) for k, eps in episodes.items()},
+        },
+        "scores": scores,
+        "comparisons": comparisons,
+        "seconds": seconds,
+    }
+    if args.teacher_episodes:
+        result["best_of_n"] = pass_at_n(load_records(args.teacher_episodes, Episode))
+    print(render(result))
+    if args.out:
+        write_json_atomically(args.out, result)
+    return result
+
+
+def render(result: dict) -> str:
+    from evaluation.benchmarks.heldout_comparison import paired_table, scores_table
+
+    meta = result["meta"]
+    lines = [
+        f"n = {meta['n']} test seeds, one sample each at temperature {meta['temperature']}, "
+        f"{meta['active_hints']} active hints (configured k = {meta['configured_k']})",
+        "",
+        *scores_table(list(result["scores"].values())),
+    ]
+    if result["comparisons"]:
+        lines += ["", *paired_table(result["comparisons"])]
+    if best := result.get("best_of_n"):
+        rates = ", ".join(f"pass@{n} {r:.1%}" for n, r in best["pass_at"].items())
+        lines += ["", f"teach stage, {best['tasks']} training tasks x {best['attempts_per_task']} attempts: {rates}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
