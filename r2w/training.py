@@ -28,6 +28,8 @@ class RoundTripError(RuntimeError):
 
 def trainer_settings(cfg: DistillConfig, checkpoints: Path, seed: int, save_steps: int | None = None) -> dict:
     """TrainingArguments every method shares; TRL 1.16 defaults bf16 and gradient checkpointing ON, so both are set."""
+    import torch
+
     return dict(
         output_dir=str(checkpoints),
         max_steps=cfg.max_steps,
@@ -37,7 +39,7 @@ def trainer_settings(cfg: DistillConfig, checkpoints: Path, seed: int, save_step
         gradient_accumulation_steps=cfg.grad_accum,
         bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=not _cuda_available(),  # a GPU when there is one; the Trainer moves the model there
+        use_cpu=not torch.cuda.is_available(),  # a GPU when there is one; the Trainer moves the model there
         report_to=[],
         logging_strategy="steps",
         logging_steps=1,
@@ -50,12 +52,6 @@ def trainer_settings(cfg: DistillConfig, checkpoints: Path, seed: int, save_step
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def default_save_steps(max_steps: int) -> int:

@@ -36,31 +36,11 @@ from r2w.runtime import configure_environment, set_torch_threads
 METHODS = ("sft", "dpo", "onpolicy")
 
 # Published SmolLM2 shapes (HuggingFaceTB/SmolLM2-*-Instruct config.json); 135m is the local model's own.
-ARCHITECTURES = {
-    "smollm2-135m": dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        rope_theta=100000.0,
-    ),
-    "smollm2-360m": dict(
-        hidden_size=960,
-        intermediate_size=2560,
-        num_hidden_layers=32,
-        num_attention_heads=15,
-        num_key_value_heads=5,
-        rope_theta=100000.0,
-    ),
-    "smollm2-1.7b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=24,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        rope_theta=130000.0,
-    ),
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+ARCHITECTURES = {  # name: (shape in SHAPE_FIELDS order, rope_theta)
+    "smollm2-135m": ((576, 1536, 30, 9, 3), 100000.0),
+    "smollm2-360m": ((960, 2560, 32, 15, 5), 100000.0),
+    "smollm2-1.7b": ((2048, 8192, 24, 32, 32), 130000.0),
 }
 
 
@@ -78,7 +58,8 @@ def build_architecture(name: str, tokenizer_dir: Path, folder: Path) -> Path:
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **ARCHITECTURES[name],
+        rope_theta=ARCHITECTURES[name][1],
+        **dict(zip(SHAPE_FIELDS, ARCHITECTURES[name][0], strict=True)),
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -87,15 +68,21 @@ def build_architecture(name: str, tokenizer_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def stored_examples(folder: str, method: str) -> list:
-    """A stored distill-examples dataset; DPO needs its `rejected` actions, so only an SFT set for sft."""
+def stored_examples(folder: str) -> list:
+    """A stored distill-examples dataset, every row used for training."""
     from r2w.contracts import DistillExample
     from r2w.datasets import load_records
 
-    examples = [e.model_copy(update={"split": "train"}) for e in load_records(folder, DistillExample)]
-    if method != "sft" and any(e.rejected is None for e in examples):
+    return [e.model_copy(update={"split": "train"}) for e in load_records(folder, DistillExample)]
+
+
+def examples_for(method: str, stored: list | None, folder: str | None) -> list:
+    """The stored rows (DPO needs their `rejected` actions) or the shared synthetic set."""
+    if stored is None:
+        return method_examples(method)
+    if method != "sft" and any(e.rejected is None for e in stored):
         raise SystemExit(f"--examples {folder}: rows have no rejected action; use --methods sft with it")
-    return examples
+    return stored
 
 
 def method_examples(method: str) -> list:
@@ -117,7 +104,7 @@ def method_examples(method: str) -> list:
     return out
 
 
-def run(method: str, base: Path, steps: int, workdir: Path, batch: int = 4, examples: str | None = None) -> dict:
+def run(method: str, base: Path, steps: int, workdir: Path, rows: list, batch: int = 4) -> dict:
     from r2w.config import DistillConfig
     from r2w.trainers import train_student
 
@@ -133,7 +120,6 @@ def run(method: str, base: Path, steps: int, workdir: Path, batch: int = 4, exam
     )
     import torch
 
-    rows = stored_examples(examples, method) if examples else method_examples(method)
     load_before = os.getloadavg()[0]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -175,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             base = build_architecture(args.model.removeprefix("arch:"), tokenizer, Path(tmp) / "base")
         else:
             base = resolve_model(args.model, args.data_dir)
-        run("sft", base, 1, Path(tmp) / "warmup", args.batch, args.examples)  # unreported: kernels, page cache
+        stored = stored_examples(args.examples) if args.examples else None  # read once, used by every run
+        warmup = examples_for("sft", stored, args.examples)
+        run("sft", base, 1, Path(tmp) / "warmup", warmup, args.batch)  # unreported: kernels, page cache
         for method in args.methods:
-            rows[method] = run(method, base, args.steps, Path(tmp), args.batch, args.examples)
+            examples = examples_for(method, stored, args.examples)
+            rows[method] = run(method, base, args.steps, Path(tmp), examples, args.batch)
         params = parameter_count(base)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} thread(s)"
     data = f"examples={args.examples}" if args.examples else "64 synthetic examples"

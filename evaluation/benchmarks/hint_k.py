@@ -92,13 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     if close:
         close()
     scores = {f"k={k}": score_episodes(f"teacher k={k}", e).model_dump() for k, e in episodes.items()}
-    references = [r for r in (0, cfg.hints.k) if r in episodes]
-    comparisons = [
-        compare_paired(f"teacher k={k}", episodes[k], f"teacher k={r}", episodes[r])
-        for r in references
-        for k in ks
-        if k != r and not (r == cfg.hints.k and k == 0)
-    ]
+    # every k against no hints (the hints' value), then against the configured k (is it the right one?)
+    pairs = [(k, 0) for k in ks if k and 0 in episodes]
+    pairs += [(k, cfg.hints.k) for k in ks if cfg.hints.k in episodes and k not in (0, cfg.hints.k)]
+    comparisons = [compare_paired(f"teacher k={a}", episodes[a], f"teacher k={b}", episodes[b]) for a, b in pairs]
     result = {
         "meta": {
             "config": args.config,

@@ -129,11 +129,9 @@ class TransformersBackend:
                 logits_to_keep=torch.tensor([r for row in rows for r in row], device=self.device),
             ).logits
             logp = torch.log_softmax(logits[0].float(), dim=-1).cpu()
-            totals, offset = [], 0
-            for x, row in zip(ids, rows, strict=True):
-                kept = torch.arange(offset, offset + len(row))
-                totals.append(float(logp[kept, torch.tensor(x)].sum()))
-                offset += len(row)
+            targets = torch.tensor([t for x in ids for t in x])  # kept row i predicts target i
+            picked = logp[torch.arange(len(targets)), targets]
+            totals = [float(part.sum()) for part in picked.split([len(x) for x in ids])]
             results.append(ChoiceScores(totals, n_prompt, [len(x) for x in ids]))
         return results
 
