@@ -127,3 +127,24 @@ def test_hint_k_benchmark_plays_each_k_on_the_same_seeds(tiny_model, tmp_path):
     assert (paired["a"], paired["b"]) == ("teacher k=1", "teacher k=0") and sum(paired["table"].values()) == 3
     with pytest.raises(SystemExit, match="--k"):
         main([*args, "--k", "-1"])
+
+
+def test_paired_episodes_pairs_across_runs_and_policies(tmp_path):
+    """A continual round's student against the original base: run B's base episodes, paired by seed."""
+    from evaluation.benchmarks.paired_episodes import main
+    from r2w.contracts import Episode
+    from r2w.datasets import save_records
+
+    def eps(policy: str, wins: set[int]) -> list[Episode]:
+        return [Episode(episode_id=f"{policy}{i}", env="twx", category="twc", task_id=f"twx/twc/test/{i}",
+                        split="test", seed=i, task="t", success=i in wins, policy=policy)
+                for i in range(4)]  # fmt: skip
+
+    round2 = save_records(eps("student", {0, 1, 2}), tmp_path / "r2", "eval-episodes")
+    round1 = save_records(eps("base", {0}) + eps("student", {0, 1}), tmp_path / "r1", "eval-episodes")
+    got = main([round2.path, round1.path, "--policy", "student", "--policy-b", "base"])
+    assert got["table"] == {"both": 1, "only_a": 2, "only_b": 0, "neither": 1} and got["diff"] == pytest.approx(0.5)
+    same = main([round2.path, round1.path])  # without --policy-b: student vs student
+    assert same["table"]["only_a"] == 1 and same["diff"] == pytest.approx(0.25)
+    with pytest.raises(SystemExit, match="no 'teacher' episodes"):
+        main([round2.path, round1.path, "--policy-b", "teacher"])

@@ -2,6 +2,11 @@
 
     python -m evaluation.benchmarks.paired_episodes \
         .r2w-arith/datasets/eval-episodes/<id> .r2w-arith-nohints/datasets/eval-episodes/<id> --policy student
+
+Across policies (a continual round's student against the ORIGINAL base, whose episodes live in round 1's run):
+
+    python -m evaluation.benchmarks.paired_episodes <round-2 eval-episodes> <round-1 eval-episodes> \
+        --policy student --policy-b base
 """
 
 from __future__ import annotations
@@ -14,19 +19,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("a", help="eval-episodes dataset folder of run A")
     parser.add_argument("b", help="eval-episodes dataset folder of run B")
     parser.add_argument("--policy", default="student", help="which policy's episodes to compare")
+    parser.add_argument("--policy-b", default=None, help="run B's policy, when it differs from --policy")
     args = parser.parse_args(argv)
+    policy_b = args.policy_b or args.policy
 
     from evaluation.metrics import compare_paired, score_episodes
     from r2w.contracts import Episode
     from r2w.datasets import load_records
 
     a = [e for e in load_records(args.a, Episode) if e.policy == args.policy]
-    b = [e for e in load_records(args.b, Episode) if e.policy == args.policy]
+    b = [e for e in load_records(args.b, Episode) if e.policy == policy_b]
     if not a or not b:
-        raise SystemExit(f"no {args.policy!r} episodes in {args.a if not a else args.b}")
+        missing = (args.policy, args.a) if not a else (policy_b, args.b)
+        raise SystemExit(f"no {missing[0]!r} episodes in {missing[1]}")
     c = compare_paired("a", a, "b", b)
     sa, sb = score_episodes("a", a), score_episodes("b", b)
-    print(f"A {sa.successes}/{sa.n} = {sa.rate:.1%}   B {sb.successes}/{sb.n} = {sb.rate:.1%}")
+    print(
+        f"A ({args.policy}) {sa.successes}/{sa.n} = {sa.rate:.1%}   "
+        f"B ({policy_b}) {sb.successes}/{sb.n} = {sb.rate:.1%}"
+    )
     print(
         f"paired on {sum(c['table'].values())} seeds: {c['table']}; "
         f"A - B = {c['diff']:+.1%} ({c['ci_low']:+.1%}..{c['ci_high']:+.1%}), McNemar p={c['p_mcnemar']:.2g}"
