@@ -12,6 +12,7 @@ Across policies (a continual round's student against the ORIGINAL base, whose ep
 from __future__ import annotations
 
 import argparse
+import functools
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -24,14 +25,9 @@ def main(argv: list[str] | None = None) -> dict:
     policy_b = args.policy_b or args.policy
 
     from evaluation.metrics import compare_paired, score_episodes
-    from r2w.contracts import Episode
-    from r2w.datasets import load_records
 
-    a = [e for e in load_records(args.a, Episode) if e.policy == args.policy]
-    b = [e for e in load_records(args.b, Episode) if e.policy == policy_b]
-    if not a or not b:
-        missing = (args.policy, args.a) if not a else (policy_b, args.b)
-        raise SystemExit(f"no {missing[0]!r} episodes in {missing[1]}")
+    a = policy_episodes(args.a, args.policy)
+    b = policy_episodes(args.b, policy_b)
     c = compare_paired("a", a, "b", b)
     sa, sb = score_episodes("a", a), score_episodes("b", b)
     print(
@@ -43,6 +39,23 @@ def main(argv: list[str] | None = None) -> dict:
         f"A - B = {c['diff']:+.1%} ({c['ci_low']:+.1%}..{c['ci_high']:+.1%}), McNemar p={c['p_mcnemar']:.2g}"
     )
     return c
+
+
+@functools.cache
+def _stored(folder: str) -> list:
+    """One read per dataset folder: A and B are often the same run (student vs base of one evaluation)."""
+    from r2w.contracts import Episode
+    from r2w.datasets import load_records
+
+    return load_records(folder, Episode)
+
+
+def policy_episodes(folder: str, policy: str) -> list:
+    """POLICY's episodes of a stored eval-episodes dataset; a clear exit when it has none."""
+    episodes = [e for e in _stored(folder) if e.policy == policy]
+    if not episodes:
+        raise SystemExit(f"no {policy!r} episodes in {folder}")
+    return episodes
 
 
 if __name__ == "__main__":
