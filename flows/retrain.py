@@ -310,7 +310,7 @@ def _stages(cfg: R2WConfig, client, run_id: str, summary: RunSummary) -> RunSumm
     student_dir = cfg.data_path / "students" / content_hash(student_key)[:16]
     lineage["student"] = student_dir.name  # lets a rerun adopt a version its killed predecessor created
     student = run_stage(
-        summary, "train", train_task, examples, start.path, cfg.distill, student_dir, cfg.runtime.seed, True, *parent
+        summary, "train", train_task, examples, start.path, cfg.distill, student_dir, cfg.train_seed, True, *parent
     )
     log_metrics(
         client,

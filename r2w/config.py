@@ -195,6 +195,11 @@ class DistillConfig(Section):
     onpolicy: OnPolicySettings = OnPolicySettings()
     replay: ReplaySettings = ReplaySettings()
     save_steps: int | None = Field(None, ge=1, description="checkpoint interval; null = about 4 per run")
+    seed: int | None = Field(
+        None,
+        description="training seed (LoRA init, batch order); null = runtime.seed. Vary it alone to measure "
+        "run-to-run spread on the same teacher data",
+    )
     lora: LoraConfig = LoraConfig()
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
@@ -358,6 +363,11 @@ class R2WConfig(Section):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def train_seed(self) -> int:
+        """The student's training seed: distill.seed when set, else the run's seed."""
+        return self.runtime.seed if self.distill.seed is None else self.distill.seed
 
     @property
     def tracking_uri(self) -> str:
