@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from evaluation.benchmarks.experiment_log import experiment_rows, markdown
+from evaluation.benchmarks.experiment_log import arms_markdown, experiment_rows, markdown, recipe_arms
 from r2w.config import load_config, merge_overrides, parse_sets
 from r2w.tracking import client_for, flatten, log_metrics, log_params, start_run
 
@@ -64,3 +64,26 @@ def test_rows_name_the_recipe_and_their_command_rebuilds_its_config(tmp_path):
 
     table = markdown(rows)
     assert table.count("\n") == 3 and "distill.lora.r=2" in table and "+0.200" in table
+
+
+def test_replicates_of_one_recipe_form_one_arm_with_their_spread(tmp_path):
+    base = {"data_dir": str(tmp_path)}
+    scores = {"eval.random.success": 0.25, "eval.base.success": 0.0}
+    runs = [
+        ({}, 0.5, "aaaa1111"),
+        ({"distill": {"seed": 1}, "registry": {"model_name": "rep"}}, 0.25, "aaaa1111"),
+        ({"runtime": {"seed": 2}}, 0.75, "bbbb2222"),  # a new run seed also redraws the teacher's samples
+        ({"distill": {"lora": {"r": 2}}}, 0.5, "aaaa1111"),
+    ]
+    for override, rate, data in runs:
+        cfg = load_config("test", merge_overrides(base, override))
+        _logged_run(cfg, {**scores, "eval.student.success": rate}, {"r2w.trajectories_dataset": data + "ffff"})
+
+    arms = recipe_arms(experiment_rows("test", base))
+    assert [a["recipe"] for a in arms] == [{}, {"distill.lora.r": 2}]
+    configured, rank = arms
+    assert len(configured["runs"]) == 3 and configured["teacher_datasets"] == 2
+    assert configured["mean"] == 0.5 and abs(configured["sd"] - 0.25) < 1e-9
+    assert len(rank["runs"]) == 1 and rank["sd"] is None
+    table = arms_markdown(arms)
+    assert "| (as configured) | 3 | 2 |" in table and "25.0%" in table and "| distill.lora.r=2 | 1 | 1 |" in table

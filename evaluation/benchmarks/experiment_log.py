@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from r2w.tracking import client_for, flatten
 
 # Params that name where a run lives, not what it learned: never part of the recipe.
 NOT_RECIPE = {"name", "data_dir", "registry.tracking_uri"}
+# Overrides that make a run a replicate of its recipe, not another recipe: grouped into one arm.
+REPLICATE_KEYS = {"registry.model_name", "distill.seed", "runtime.seed"}
 
 
 def _value(text: str) -> Any:
@@ -94,6 +97,7 @@ def run_row(run, cfg: R2WConfig, config: str) -> dict | None:
         "kl": metrics.get("retention.kl_base_student"),
         "train_s_per_step": metrics.get("train.s_per_step"),
         "train_final_loss": metrics.get("train.final_loss"),
+        "teacher_data": tags.get("r2w.trajectories_dataset", "")[:8],
         "gate": tags.get("r2w.gate", "-"),
         "gate_reasons": tags.get("r2w.gate_reasons", ""),
         "registered_version": tags.get("r2w.registered_version"),
@@ -139,6 +143,39 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def recipe_arms(rows: list[dict]) -> list[dict]:
+    """Runs grouped by recipe, replicates (seeds, registry names) together: the spread between runs of
+    one recipe is the yardstick any difference between recipes has to beat."""
+    arms: dict[str, dict] = {}
+    for r in rows:
+        student = r["scores"]["student"]
+        if not student:
+            continue
+        recipe = {k: v for k, v in r["recipe"].items() if k not in REPLICATE_KEYS}
+        key = json.dumps(recipe, sort_keys=True)
+        arm = arms.setdefault(key, {"recipe": recipe, "runs": [], "rates": [], "teacher_data": []})
+        arm["runs"].append(r["run"])
+        arm["rates"].append(student["rate"])
+        arm["teacher_data"].append(r.get("teacher_data", ""))
+    for arm in arms.values():
+        rates = arm["rates"]
+        arm["mean"] = sum(rates) / len(rates)
+        arm["sd"] = statistics.stdev(rates) if len(rates) > 1 else None
+        arm["teacher_datasets"] = len(set(arm["teacher_data"]))
+    return list(arms.values())
+
+
+def arms_markdown(arms: list[dict]) -> str:
+    head = ["recipe (replicates together)", "runs", "teacher datasets", "student per run", "mean", "SD between runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arms:
+        recipe = ", ".join(f"{k}={v}" for k, v in a["recipe"].items()) or "(as configured)"
+        per_run = ", ".join(f"{rate:.1%}" for rate in a["rates"])
+        sd = f"{a['sd']:.1%}" if a["sd"] is not None else "-"
+        lines.append(f"| {recipe} | {len(a['runs'])} | {a['teacher_datasets']} | {per_run} | {a['mean']:.1%} | {sd} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="demo", help="bundled config name or YAML path (its experiment is read)")
@@ -146,6 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = experiment_rows(args.config)
     print(markdown(rows))
+    print("\n" + arms_markdown(recipe_arms(rows)))
     failed = [r for r in rows if r["gate_reasons"]]
     for r in failed:
         print(f"\n{r['run'][:8]} gate: {r['gate_reasons']}")
