@@ -51,7 +51,7 @@ def record_started(before: set[tuple[int, float]], folder: Path | None = None) -
     folder = folder or records_dir()
     folder.mkdir(parents=True, exist_ok=True)
     owner = _identity(psutil.Process())
-    path = folder / f"{owner['pid']}-{len(list(folder.iterdir()))}-{os.urandom(4).hex()}.json"
+    path = folder / f"{owner['pid']}-{os.urandom(4).hex()}.json"  # one owner may hold several engines
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"owner": owner, "processes": [{"pid": p, "started": t} for p, t in started]}))
     tmp.replace(path)
