@@ -156,7 +156,7 @@ def recipe_arms(rows: list[dict]) -> list[dict]:
         arm = arms.setdefault(key, {"recipe": recipe, "runs": [], "rates": [], "teacher_data": []})
         arm["runs"].append(r["run"])
         arm["rates"].append(student["rate"])
-        arm["teacher_data"].append(r.get("teacher_data", ""))
+        arm["teacher_data"].append(r["teacher_data"])
     for arm in arms.values():
         rates = arm["rates"]
         arm["mean"] = sum(rates) / len(rates)

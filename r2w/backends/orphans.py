@@ -13,6 +13,7 @@ under the temp dir; nothing else is touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import psutil
+
+from r2w.datasets import write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,10 @@ def record_started(before: set[tuple[int, float]], folder: Path | None = None) -
     started = sorted(descendants() - before)
     if not started:
         return None
-    folder = folder or records_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     owner = _identity(psutil.Process())
-    path = folder / f"{owner['pid']}-{os.urandom(4).hex()}.json"  # one owner may hold several engines
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"owner": owner, "processes": [{"pid": p, "started": t} for p, t in started]}))
-    tmp.replace(path)
-    return path
+    path = (folder or records_dir()) / f"{owner['pid']}-{os.urandom(4).hex()}.json"  # one owner, several engines
+    processes = [{"pid": p, "started": t} for p, t in started]
+    return write_json_atomically(path, {"owner": owner, "processes": processes})
 
 
 def forget(record: Path | None) -> None:
@@ -95,7 +94,7 @@ def reap_orphans(folder: Path | None = None, grace_s: float = 10.0) -> list[int]
             proc.terminate()
         _, still = psutil.wait_procs(orphans, timeout=grace_s)
         for proc in still:
-            if _alive(_identity(proc)) is not None:  # a zombie waits for its new parent; nothing to kill
+            with contextlib.suppress(psutil.NoSuchProcess):  # psutil refuses a pid reused meanwhile
                 proc.kill()
         if orphans:
             pids = [p.pid for p in orphans]
