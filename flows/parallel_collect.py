@@ -47,7 +47,13 @@ def collect_shard(cfg: R2WConfig, shard: int, shards: int) -> Shard:
     )
     policy = agent_policy(cfg, backend, "base", cfg.collect.temperature)
     episodes = run_episodes(
-        factory, [(t, 0) for t in tasks], policy, cfg.env.max_steps, cfg.agent.batch_size, config_hash=cfg.hash
+        factory,
+        [(t, 0) for t in tasks],
+        policy,
+        cfg.env.max_steps,
+        cfg.agent.batch_size,
+        config_hash=cfg.hash,
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
     )
     return Shard(shard=shard, pid=os.getpid(), episodes=episodes)
 

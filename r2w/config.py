@@ -71,6 +71,11 @@ class AgentConfig(Section):
         "with the highest total log-likelihood (sampled in proportion to it when temperature > 0); "
         "score needs models.backend=transformers",
     )
+    avoid_losing_actions: bool = Field(
+        False,
+        description="drop from the valid actions any action that lowered the score earlier in the episode; "
+        "applies to every policy (random, base, teacher, student) so comparisons stay fair",
+    )
 
 
 class CollectConfig(Section):

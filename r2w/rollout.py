@@ -33,6 +33,7 @@ class EpisodeState:
     history: list[tuple[str, str]] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    losing: set[str] = field(default_factory=set)  # actions that lowered the score in this episode
 
 
 @dataclass
@@ -182,11 +183,14 @@ def run_episodes(
     config_hash: str = "",
     desc: str = "rollout",
     hints_for: HintProvider | None = None,
+    avoid_losing_actions: bool = False,
 ) -> list[Episode]:
     """Play jobs (task, sample_index) in lockstep batches of live episodes.
 
     `hints_for` is called once per episode, right after reset (one-shot retrieval at episode
     start), and returns the hint ids and the block to put in the system prompt.
+    `avoid_losing_actions` (config `agent.avoid_losing_actions`) drops from the valid actions every
+    action that lowered the score earlier in the episode, for every policy alike (random included).
     """
     episodes: list[Episode] = []
     envs = [factory.make() for _ in range(min(batch_size, len(jobs)))]
@@ -222,7 +226,9 @@ def run_episodes(
                         )
                     )
                     st.history.append((d.action, new.text))
-                    st.obs = new
+                    if avoid_losing_actions and new.reward < 0:
+                        st.losing.add(d.action)
+                    st.obs = without_actions(new, st.losing)
                     if not new.done:
                         still.append(i)
                 live = still
@@ -236,6 +242,14 @@ def run_episodes(
         for env in envs:
             env.close()
     return episodes
+
+
+def without_actions(obs: Observation, banned: set[str]) -> Observation:
+    """The observation with `banned` actions removed from its valid actions, unless none would remain."""
+    kept = [a for a in obs.valid_actions if a not in banned]
+    if not banned or not kept or len(kept) == len(obs.valid_actions):
+        return obs
+    return dataclasses.replace(obs, valid_actions=kept)
 
 
 def _to_episode(st: EpisodeState, policy: str, config_hash: str, model: str = "") -> Episode:

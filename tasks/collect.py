@@ -69,6 +69,7 @@ def collect_failures(
         cfg.agent.batch_size,
         config_hash=cfg.hash,
         desc="collect (base agent)",
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
     )
     episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # before anything is stored
     failures = [e for e in episodes if not e.success]

@@ -59,6 +59,7 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
             config_hash=cfg.hash,
             desc=f"evaluate {name}",
             hints_for=hint_provider(retrieve, cfg.hints.k) if with_hints else None,
+            avoid_losing_actions=cfg.agent.avoid_losing_actions,
         )
 
     base_eps = play(base_backend, "base")
@@ -66,7 +67,13 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
     student_eps = play(student_backend, "student")
     random_tasks = factory.tasks("test", cfg.evaluate.random_episodes)
     random_eps = run_episodes(
-        factory, [(t, 0) for t in random_tasks], RandomPolicy(cfg.runtime.seed), cfg.env.max_steps, 32, desc="random"
+        factory,
+        [(t, 0) for t in random_tasks],
+        RandomPolicy(cfg.runtime.seed),
+        cfg.env.max_steps,
+        32,
+        desc="random",
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
     )
     scores = [
         score_episodes("random", random_eps),

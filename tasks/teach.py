@@ -59,6 +59,7 @@ def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve, hint_snapshot: s
         config_hash=cfg.hash,
         desc=f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})",
         hints_for=hint_provider(retrieve, cfg.hints.k),
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
     )
     kept = [
         Trajectory(

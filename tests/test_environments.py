@@ -112,3 +112,58 @@ def test_random_budget_counts_successes_within_each_budget():
     one, fifteen = twc["random"][1], twc["random"][15]
     assert one["n"] == fifteen["n"] == 20
     assert one["successes"] == 0 < fifteen["successes"]  # the budget is applied, not ignored
+
+
+class _FirstPutPolicy:
+    """Scripted twc player: the first `put` on offer, else the first `take` (repeats a wrong put forever)."""
+
+    name = "first-put"
+
+    def act(self, states):
+        from r2w.rollout import Decision
+
+        picks = []
+        for s in states:
+            puts = [a for a in s.obs.valid_actions if a.startswith("put ")]
+            takes = [a for a in s.obs.valid_actions if a.startswith("take ")]
+            action = (puts or takes or s.obs.valid_actions)[0]
+            picks.append(Decision(action=action, response=action, prompt=[]))
+        return picks
+
+
+def _repeated_losses(episode) -> int:
+    """How often an action that already lowered the score in this episode is played again."""
+    lost, repeats = set(), 0
+    for step in episode.steps:
+        repeats += step.action in lost
+        if step.reward < 0:
+            lost.add(step.action)
+    return repeats
+
+
+def test_avoid_losing_actions_removes_score_losing_actions_for_every_policy():
+    twc = EnvConfig(game="twc", params="numLocations=1,numItemsToPutAway=1,includeDoors=0,limitInventorySize=0")
+    factory = make_environment(twc)
+    jobs = [(t, 0) for t in factory.tasks("test", 12)]
+    plain = run_episodes(factory, jobs, _FirstPutPolicy(), max_steps=8, batch_size=4)
+    ruled = run_episodes(factory, jobs, _FirstPutPolicy(), max_steps=8, batch_size=4, avoid_losing_actions=True)
+    assert sum(_repeated_losses(e) for e in plain) > 0, "the scripted player must repeat a wrong put without the rule"
+    assert sum(_repeated_losses(e) for e in ruled) == 0
+    for ep in ruled:  # the recorded valid actions are what the policy saw: the losing ones are gone
+        lost = set()
+        for step in ep.steps:
+            assert not lost & set(step.valid_actions)
+            lost |= {step.action} if step.reward < 0 else set()
+    assert sum(e.success for e in ruled) > sum(e.success for e in plain)
+    rand = run_episodes(factory, jobs, RandomPolicy(0), max_steps=8, batch_size=4, avoid_losing_actions=True)
+    assert sum(_repeated_losses(e) for e in rand) == 0
+
+
+def test_without_actions_never_empties_the_action_list():
+    from evaluation.environments.base import Observation
+    from r2w.rollout import without_actions
+
+    obs = Observation(text="t", valid_actions=["a", "b"])
+    assert without_actions(obs, {"a"}).valid_actions == ["b"]
+    assert without_actions(obs, {"a", "b"}).valid_actions == ["a", "b"]  # nothing left: keep them all
+    assert without_actions(obs, set()) is obs

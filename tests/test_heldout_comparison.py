@@ -148,3 +148,35 @@ def test_paired_episodes_pairs_across_runs_and_policies(tmp_path):
     assert same["table"]["only_a"] == 1 and same["diff"] == pytest.approx(0.25)
     with pytest.raises(SystemExit, match="no 'teacher' episodes"):
         main([round2.path, round1.path, "--policy-b", "teacher"])
+
+
+def test_vllm_cuda_parity_exports_real_prompts_and_counts_agreement(tiny_backend, tmp_path):
+    from evaluation.benchmarks.vllm_cuda_parity import export_prompts, summarize
+    from evaluation.environments import make_environment
+    from r2w.backends import SamplingParams
+    from r2w.config import EnvConfig
+    from r2w.datasets import save_records
+    from r2w.rollout import LLMPolicy, run_episodes
+
+    factory = make_environment(EnvConfig(game="twc", max_steps=3))
+    policy = LLMPolicy(tiny_backend, "base", SamplingParams(max_tokens=8))
+    episodes = run_episodes(factory, [(t, 0) for t in factory.tasks("test", 2)], policy, max_steps=3)
+    ref = save_records(episodes, tmp_path, "eval-episodes")
+    rows = export_prompts(ref.path, 4)
+    assert len(rows) == 4 and all(r["policy"] == "base" and r["choices"] and r["messages"] for r in rows)
+    assert rows == export_prompts(ref.path, 4)  # the draw is seeded
+    with pytest.raises(ValueError, match="fewer than --n"):
+        export_prompts(ref.path, 1000)
+
+    def half(actions, samples):
+        return {"actions": actions, "samples": samples, "valid": 3, "device": "cpu", "load_s": 1.0}
+
+    halves = {
+        "transformers": {**half(["a", "b", "c"], ["a", "a", "c"]), "greedy_s": 1.0, "sample_s": 1.0},
+        "vllm": {**half(["a", "x", "c"], ["a", "b", "c"]), "greedy_s": 0.5, "sample_s": 1.0},
+        "vllm-repeat": {**half(["a", "x", "c"], ["a", "b", "d"]), "greedy_s": 0.5, "sample_s": 1.0},
+    }
+    summary = summarize(halves, ["base", "teacher", "teacher"])
+    assert summary["greedy_equal"] == 2 and summary["greedy_equal_by_policy"] == {"base": "1/1", "teacher": "1/2"}
+    assert summary["vllm_samples_repeatable"] == 2 and summary["samples_equal_across_backends"] == 2
+    assert summary["timings"]["vllm"]["greedy_prompts_per_s"] == 6.0

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cfg.env.max_steps,
                 min(cfg.agent.batch_size, 64),
                 desc=f"{name} {mode}",
+                avoid_losing_actions=cfg.agent.avoid_losing_actions,
             )
             result["seconds"][f"{name} {mode}"] = time.perf_counter() - started
         for mode, episodes in arms.items():

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             config_hash=cfg.hash,
             desc=name,
             hints_for=hints if with_hints else None,
+            avoid_losing_actions=cfg.agent.avoid_losing_actions,
         )
 
     # success points need a suite the base can win: '' (TWX's large defaults) -> r2w's small per-game params
@@ -107,7 +108,15 @@ def main(argv: list[str] | None = None) -> dict:
         retention_jobs[key] = (fac, [(t, 0) for t in fac.tasks("test", rn)], env_cfg.max_steps)
 
     eps: dict[str, list] = {}
-    eps["random"] = run_episodes(factory, jobs, RandomPolicy(cfg.runtime.seed), cfg.env.max_steps, batch, desc="random")
+    eps["random"] = run_episodes(
+        factory,
+        jobs,
+        RandomPolicy(cfg.runtime.seed),
+        cfg.env.max_steps,
+        batch,
+        desc="random",
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
+    )
     base = make_backend(args.backend, resolve_model(cfg.models.base, cfg.data_path), dtype=cfg.models.dtype)
     eps["base greedy"] = play(base, "base", 0.0)
     eps["base sampled"] = play(base, "base-sampled", temp)

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             config_hash=cfg.hash,
             desc=f"teacher k={k}",
             hints_for=hint_provider(store.retrieve, k) if k else None,
+            avoid_losing_actions=cfg.agent.avoid_losing_actions,
         )
         seconds[f"k={k}"] = time.perf_counter() - started
     close = getattr(backend, "close", None)

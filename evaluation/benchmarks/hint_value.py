@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 min(args.n, 64),
                 desc=f"T={temp} {'hints' if with_hints else 'no hints'}",
                 hints_for=(lambda task, text, obs: (ids, block)) if with_hints else None,
+                avoid_losing_actions=cfg.agent.avoid_losing_actions,
             )
         a, b = score_episodes("hints", played[True]), score_episodes("none", played[False])
         table = paired_counts(played[True], played[False])
