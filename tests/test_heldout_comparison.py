@@ -39,9 +39,14 @@ def test_heldout_comparison_runs_every_policy_on_the_same_seeds(tiny_model, tmp_
             "--retention-max-steps", "2",
             "--backend", "transformers",
             "--out", str(out),
+            "--save-episodes",
         ]
     )  # fmt: skip
     saved = json.loads(out.read_text())
+    from evaluation.benchmarks.paired_episodes import policy_episodes
+
+    for policy in ("random", "base", "base-sampled", "teacher", "teacher-sampled", "student"):
+        assert len(policy_episodes(saved["meta"]["episodes"], policy)) == 3
     assert saved["scores"].keys() == {
         "random", "base greedy", "base sampled", "teacher greedy", "teacher sampled", "student"
     }  # fmt: skip

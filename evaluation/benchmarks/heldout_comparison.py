@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="step budget of the TWX retention games (TWX's usual 15; independent of the trained game's budget)",
     )
     parser.add_argument("--label", default="", help="row label for the experiment log")
+    parser.add_argument(
+        "--save-episodes",
+        action="store_true",
+        help="store every policy's episodes as a `heldout-episodes` dataset (for paired_episodes against a run)",
+    )
     parser.add_argument("--out", default=None, help="JSON file (written atomically)")
     args = parser.parse_args(argv)
 
@@ -145,8 +150,16 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for key, pair in retention.items()
     }
+    episodes_path = None
+    if args.save_episodes:
+        from r2w.datasets import save_records
+
+        every = [e for name in eps for e in eps[name]]
+        ref = save_records(every, cfg.data_path / "datasets", "heldout-episodes", {"config_hash": cfg.hash})
+        episodes_path = str(ref.path)
     result = {
         "meta": {
+            "episodes": episodes_path,
             "label": args.label,
             "config": args.config,
             "overrides": args.set,
