@@ -31,30 +31,17 @@ class Shard(BaseModel):
 
 @task(name="collect-shard")
 def collect_shard(cfg: R2WConfig, shard: int, shards: int) -> Shard:
-    from evaluation.environments import make_environment
     from r2w.backends import make_backend
     from r2w.models import resolve_model
-    from r2w.rollout import run_episodes
     from r2w.runtime import set_torch_threads
-    from tasks.collect import agent_policy
+    from tasks.collect import play_training_games
 
     configure_environment(cfg.data_dir)
     set_torch_threads(cfg.runtime.torch_threads)
-    factory = make_environment(cfg.env)
-    tasks = factory.tasks("train", cfg.collect.episodes)[shard::shards]
     backend = make_backend(
         cfg.models.backend, resolve_model(cfg.models.base, cfg.data_path), dtype=cfg.models.dtype, seed=cfg.runtime.seed
     )
-    policy = agent_policy(cfg, backend, "base", cfg.collect.temperature)
-    episodes = run_episodes(
-        factory,
-        [(t, 0) for t in tasks],
-        policy,
-        cfg.env.max_steps,
-        cfg.agent.batch_size,
-        config_hash=cfg.hash,
-        avoid_losing_actions=cfg.agent.avoid_losing_actions,
-    )
+    episodes = play_training_games(cfg, backend, "base", shard, shards)
     return Shard(shard=shard, pid=os.getpid(), episodes=episodes)
 
 

@@ -33,7 +33,6 @@ class EpisodeState:
     history: list[tuple[str, str]] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
-    losing: set[str] = field(default_factory=set)  # actions that lowered the score in this episode
 
 
 @dataclass
@@ -226,9 +225,9 @@ def run_episodes(
                         )
                     )
                     st.history.append((d.action, new.text))
-                    if avoid_losing_actions and new.reward < 0:
-                        st.losing.add(d.action)
-                    st.obs = without_actions(new, st.losing)
+                    if avoid_losing_actions:
+                        new = without_actions(new, {s.action for s in st.steps if s.reward < 0})
+                    st.obs = new
                     if not new.done:
                         still.append(i)
                 live = still

@@ -15,6 +15,7 @@ from evaluation.environments import make_environment
 from r2w.backends import GenerationBackend, SamplingParams
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
+from r2w.contracts import Episode
 from r2w.datasets import DatasetRef, save_records
 from r2w.privacy import scrub_episodes
 from r2w.rollout import LLMPolicy, run_episodes
@@ -48,6 +49,24 @@ def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperat
     )
 
 
+def play_training_games(
+    cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base", shard: int = 0, shards: int = 1
+) -> list[Episode]:
+    """The base agent's rollouts on the train split (every `shards`-th game from `shard`), as configured."""
+    factory = make_environment(cfg.env)
+    tasks = factory.tasks("train", cfg.collect.episodes)[shard::shards]
+    return run_episodes(
+        factory,
+        [(t, 0) for t in tasks],
+        agent_policy(cfg, backend, policy_name, cfg.collect.temperature),
+        cfg.env.max_steps,
+        cfg.agent.batch_size,
+        config_hash=cfg.hash,
+        desc="collect (base agent)",
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
+    )
+
+
 def collect_failures(
     cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base", sources: str = ""
 ) -> CollectResult:
@@ -58,19 +77,7 @@ def collect_failures(
     """
     if cfg.collect.source != "rollout":
         return import_failures(cfg)
-    factory = make_environment(cfg.env)
-    tasks = factory.tasks("train", cfg.collect.episodes)
-    policy = agent_policy(cfg, backend, policy_name, cfg.collect.temperature)
-    episodes = run_episodes(
-        factory,
-        [(t, 0) for t in tasks],
-        policy,
-        cfg.env.max_steps,
-        cfg.agent.batch_size,
-        config_hash=cfg.hash,
-        desc="collect (base agent)",
-        avoid_losing_actions=cfg.agent.avoid_losing_actions,
-    )
+    episodes = play_training_games(cfg, backend, policy_name)
     episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # before anything is stored
     failures = [e for e in episodes if not e.success]
     root = Path(cfg.data_path) / "datasets"
