@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from r2w.config import GateConfig
-from r2w.contracts import GateCheck, GateReport, PolicyScore
+from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, GateCheck, GateReport, PolicyScore
 
 
 def _mlflow_passes(name: str, value: float, threshold: float, comparison: str) -> bool:
@@ -59,16 +59,16 @@ def apply_gates(
     retention: dict[str, float],
     leakage: dict[str, int],
     privacy: dict[str, float] | None = None,
-    teacher_vs_base: dict[str, int] | None = None,
+    hints_vs_base: dict[str, int] | None = None,
 ) -> GateReport:
     """Every check with value, threshold and verdict.
 
-    `privacy` holds the canary probe's counts (evaluation/canary.py); `teacher_vs_base` the paired
-    table of the teacher WITH hints (a) against the base (b) on the same seeds (metrics.paired_counts).
+    `privacy` holds the canary probe's counts (evaluation/canary.py); `hints_vs_base` the paired
+    table of the base WITH hints (a) against the base (b) on the same seeds (metrics.paired_counts).
     """
     by = {s.policy: s for s in scores}
-    base, teacher, student = by["base"], by["teacher"], by["student"]
-    random = by.get("random")
+    base, hinted, student = by[BASE], by[BASE_HINTS], by[STUDENT]
+    random = by.get(RANDOM)
     checks = [
         _check(
             "gain_over_base",
@@ -86,11 +86,11 @@ def apply_gates(
             + (" (check off: threshold -1)" if policy.min_gain_over_random <= -1 else ""),
         ),
         _check(
-            "fraction_of_teacher",
-            student.rate / teacher.rate if teacher.rate > 0 else 1.0,
-            policy.min_teacher_fraction,
+            "fraction_of_base_hints",
+            student.rate / hinted.rate if hinted.rate > 0 else 1.0,
+            policy.min_base_hints_fraction,
             ">=",
-            f"student {student.rate:.3f} / teacher {teacher.rate:.3f}",
+            f"student {student.rate:.3f} / base+hints {hinted.rate:.3f}",
         ),
         _check("kl_to_base", retention.get("kl_base_student", 0.0), policy.max_kl, "<=", "nats/token, general prompts"),
         _check(
@@ -120,7 +120,7 @@ def apply_gates(
             f"{privacy.get('canaries', 0):g} canaries (privacy.canaries)",
         )
     )
-    paired = teacher_vs_base or {}
+    paired = hints_vs_base or {}
     losses, wins = paired.get("only_b", 0), paired.get("only_a", 0)
     harm_p = sign_test_p(losses, wins)
     checks.append(
@@ -129,7 +129,7 @@ def apply_gates(
             harm_p,
             policy.hint_harm_alpha,
             ">=",
-            f"teacher with hints lost {losses} / won {wins} paired seeds against the base; one-sided sign-test p"
+            f"base+hints lost {losses} / won {wins} paired seeds against the base; one-sided sign-test p"
             + (" (check off: alpha 0)" if policy.hint_harm_alpha <= 0 else ""),
         )
     )

@@ -55,8 +55,9 @@ def score_metrics(scores: list[PolicyScore]) -> dict[str, float]:
     """MLflow metrics of held-out scores: the rate with its sample size (an interval can be rebuilt) and tokens."""
     out: dict[str, float] = {}
     for s in scores:
-        out |= {f"eval.{s.policy}.success": s.rate, f"eval.{s.policy}.n": s.n}
-        out[f"eval.{s.policy}.mean_tokens"] = s.mean_tokens
+        key = s.policy.replace("+", "_")  # MLflow metric names take no '+': base+hints -> eval.base_hints.*
+        out |= {f"eval.{key}.success": s.rate, f"eval.{key}.n": s.n}
+        out[f"eval.{key}.mean_tokens"] = s.mean_tokens
     return out
 
 

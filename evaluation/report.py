@@ -36,7 +36,13 @@ def render_markdown(report: GateReport, lineage: dict[str, str] | None = None, t
         lines += ["", "## Privacy (canary extraction)", ""] + privacy
     if lineage:
         lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
-    lines += ["", "_teacher = with retrieved hints; random = uniformly random valid action._"]
+    lines += [
+        "",
+        (
+            "_base+hints = the base model with retrieved hints (the teacher that made the training data may be another "
+            "model); random = uniformly random valid action._"
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.environments import EnvironmentFactory
-from prompts.agent import build_messages
+from r2w.agent_prompt import build_messages
 from r2w.contracts import Message
 
 

@@ -16,8 +16,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from flows.retrain import retrain
 from r2w.config import load_config, merge_overrides
 from r2w.runtime import configure_environment
+from r2w.traces import parse_when
+from r2w.tracking import client_for
 
 
 class ChunkResult(BaseModel):
@@ -49,9 +52,6 @@ def backfill(
     config: str = "demo",
     overrides: dict[str, Any] | None = None,
 ) -> list[ChunkResult]:
-    from flows.retrain import retrain
-    from r2w.traces import parse_when
-    from r2w.tracking import client_for
 
     log = get_run_logger()
     cfg = load_config(config, overrides)

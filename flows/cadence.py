@@ -22,6 +22,9 @@ class Novelty(BaseModel):
     new_hints: int
     since_version: str | None = None
 
+    def metrics(self) -> dict[str, float]:
+        return {"cadence.new_failures": self.new_failures, "cadence.new_hints": self.new_hints}
+
     def worth_retraining(self, cfg: R2WConfig) -> bool:
         c = cfg.cadence
         if c.min_new_failures == 0 and c.min_new_hints == 0:

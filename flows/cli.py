@@ -233,7 +233,7 @@ def promote(
 ) -> None:
     """Move the `champion` alias to VERSION after a person's review (records who and why)."""
     cfg = _load(config)
-    from tasks.register import promote_version
+    from r2w.registry import promote_version
 
     previous = promote_version(cfg, version, by, reason)
     console.print(f"champion -> version {version} (was {previous or 'none'}), by {by}: {reason}")
@@ -247,7 +247,7 @@ def rollback(
 ) -> None:
     """Move `champion` back to the version it pointed to before the last promotion."""
     cfg = _load(config)
-    from tasks.register import rollback_champion
+    from r2w.registry import rollback_champion
 
     version = rollback_champion(cfg, by, reason)
     console.print(f"champion -> version {version}, by {by}: {reason}")
@@ -431,7 +431,7 @@ def hints_optimize(
 ) -> None:
     """Compile the extractor with DSPy BootstrapFewShot against the teacher's success uplift (costly).
 
-    Each new hint text costs tasks x samples teacher episodes (see prompts/optimize.py).
+    Each new hint text costs tasks x samples teacher episodes (see tasks/optimize.py).
     """
     try:
         cfg = _load(config, set_)
@@ -440,12 +440,12 @@ def hints_optimize(
     from r2w.runtime import set_torch_threads
 
     set_torch_threads(cfg.runtime.torch_threads)
-    from prompts.optimize import compile_extractor
     from r2w.backends import make_backend
     from r2w.backends.dspy_lm import make_extractor_lm
     from r2w.contracts import Episode
     from r2w.datasets import load_records
     from r2w.models import ModelNotFoundError, resolve_model
+    from tasks.optimize import compile_extractor
 
     try:
         base_path = resolve_model(cfg.models.base, cfg.data_path)

@@ -15,8 +15,15 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel
 
+from evaluation.metrics import score_metrics
+from r2w.backends import make_backend
 from r2w.config import load_config
+from r2w.contracts import utcnow
+from r2w.hintstore import HintStore
+from r2w.models import resolve_model
 from r2w.runtime import configure_environment, set_torch_threads
+from r2w.tracking import client_for, log_metrics, start_run
+from tasks.gate import evaluate_task, gate_task
 
 
 class ReGate(BaseModel):
@@ -30,14 +37,6 @@ class ReGate(BaseModel):
 @flow(name="evaluate")
 def evaluate_version(version: str, config: str = "demo", overrides: dict[str, Any] | None = None) -> ReGate:
     import mlflow
-
-    from evaluation.metrics import score_metrics
-    from r2w.backends import make_backend
-    from r2w.contracts import utcnow
-    from r2w.hintstore import HintStore
-    from r2w.models import resolve_model
-    from r2w.tracking import client_for, log_metrics, start_run
-    from tasks.gate import evaluate_task, gate_task
 
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)

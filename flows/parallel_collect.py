@@ -12,15 +12,17 @@ prefect-ray) the same flow spreads rollouts over machines.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from pydantic import BaseModel
 
+from r2w.backends import make_backend
 from r2w.config import R2WConfig, load_config
 from r2w.contracts import Episode
-from r2w.runtime import configure_environment
+from r2w.models import resolve_model
+from r2w.runtime import configure_environment, set_torch_threads
+from tasks.collect import play_training_games, store_rollouts
 
 
 class Shard(BaseModel):
@@ -31,11 +33,6 @@ class Shard(BaseModel):
 
 @task(name="collect-shard")
 def collect_shard(cfg: R2WConfig, shard: int, shards: int) -> Shard:
-    from r2w.backends import make_backend
-    from r2w.models import resolve_model
-    from r2w.runtime import set_torch_threads
-    from tasks.collect import play_training_games
-
     configure_environment(cfg.data_dir)
     set_torch_threads(cfg.runtime.torch_threads)
     backend = make_backend(
@@ -47,8 +44,6 @@ def collect_shard(cfg: R2WConfig, shard: int, shards: int) -> Shard:
 
 @flow(name="parallel-collect")
 def parallel_collect(config: str = "demo", overrides: dict[str, Any] | None = None, shards: int = 2) -> dict:
-    from r2w.datasets import save_records
-    from r2w.models import resolve_model
 
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
@@ -56,12 +51,11 @@ def parallel_collect(config: str = "demo", overrides: dict[str, Any] | None = No
     futures = [collect_shard.submit(cfg, i, shards) for i in range(shards)]
     parts = [f.result() for f in futures]
     episodes = sorted((e for p in parts for e in p.episodes), key=lambda e: e.task_id)
-    failures = [e for e in episodes if not e.success]
-    root = Path(cfg.data_path) / "datasets"
-    meta = {"env": cfg.env.model_dump(), "policy": "base", "shards": shards, "config_hash": cfg.hash}
+    stored = store_rollouts(cfg, episodes, {"policy": "base", "shards": shards})  # scrubbed, like collect's
     return {
-        "episodes": save_records(episodes, root, "episodes", meta).model_dump(),
-        "failures": save_records(failures, root, "failures", meta).model_dump(),
+        "episodes": stored.episodes.model_dump(),
+        "failures": stored.failures.model_dump(),
+        "scrubbed": stored.scrubbed,
         "worker_pids": sorted({p.pid for p in parts}),
     }
 

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from r2w.backends.vllm_server import LocalVLLMServer
+
 BIN = Path(sys.executable).parent
 
 
@@ -151,8 +153,6 @@ def up(
         ),
     ]
     if vllm_model:
-        from r2w.backends.vllm_server import LocalVLLMServer
-
         services.append(
             _start(
                 "vllm",

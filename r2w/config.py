@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r2w.contracts import content_hash
 
@@ -255,7 +255,12 @@ class GateConfig(Section):
     min_gain_over_random: float = Field(
         -1.0, ge=-1, le=1, description="student - random-valid-action success; -1 records it without gating"
     )
-    min_teacher_fraction: float = Field(0.0, ge=0, description="student rate / teacher rate")
+    min_base_hints_fraction: float = Field(
+        0.0,
+        ge=0,
+        validation_alias=AliasChoices("min_base_hints_fraction", "min_teacher_fraction"),  # old name still read
+        description="student rate / base+hints rate (the base model WITH retrieved hints)",
+    )
     max_kl: float = Field(0.5, ge=0)
     max_leakage: int = Field(0, ge=0)
     max_retention_drop: float = Field(0.1, ge=0, description="drop in gold-action mean log-lik (nats/token)")
@@ -267,7 +272,7 @@ class GateConfig(Section):
         0.05,
         ge=0,
         le=0.5,
-        description="fail when the teacher WITH hints loses to the base on paired seeds "
+        description="fail when the base WITH hints (base+hints) loses to the base on paired seeds "
         "(one-sided sign test p < alpha); 0 records it without gating",
     )
 

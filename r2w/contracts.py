@@ -24,6 +24,12 @@ def content_hash(payload: object) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+# Policy names in evaluation episodes, scores and gate reports. `base+hints` is the BASE model with
+# retrieved hints in its prompt; `teacher` is the model that generated training data (teach stage),
+# which may be another model behind a URL. They were both called "teacher" once, and that misled.
+RANDOM, BASE, BASE_HINTS, STUDENT, TEACHER = "random", "base", "base+hints", "student", "teacher"
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from rapidfuzz import fuzz
 
-from prompts.agent import BASE_SYSTEMS, HINTS_CLOSE, HINTS_OPEN, strip_hints_block
+from r2w.agent_prompt import BASE_SYSTEMS, HINTS_CLOSE, HINTS_OPEN, strip_hints_block
 from r2w.config import DistillConfig
 from r2w.contracts import DistillExample, Episode, Hint, Message, content_hash
 

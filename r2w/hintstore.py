@@ -24,6 +24,8 @@ from pydantic import ValidationError
 
 from r2w.config import HintsConfig
 from r2w.contracts import Hint, utcnow
+from r2w.faults import armed_count, fault_after_records
+from r2w.hint_screen import HintScreen
 from r2w.locks import file_lock
 
 if TYPE_CHECKING:
@@ -360,7 +362,6 @@ class HintStore:
             for i in missing:
                 if vectors[i] is None:
                     vectors[i] = old[hints[i].hint_id][1]
-        from r2w.faults import armed_count, fault_after_records
 
         # Batches keep one call bounded; ids are content hashes and calls are upserts, so a write
         # cut short by a crash is completed, never duplicated, by the rerun.
@@ -451,7 +452,6 @@ def read_pack(path: str | Path, cfg: HintsConfig, source_label: str | None = Non
 
     Curated and imported packs pass the same screen as extracted hints (r2w/hint_screen.py).
     """
-    from r2w.hint_screen import HintScreen
 
     path = Path(path)
     screen = HintScreen(cfg)

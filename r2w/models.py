@@ -40,6 +40,14 @@ def models_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "models"
 
 
+def resolve_model_field(field: str, spec: str, data_dir: str | Path) -> Path:
+    """resolve_model, with the config field named in the error (exit 2 in the CLI)."""
+    try:
+        return resolve_model(spec, data_dir)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{field}: {exc}") from None
+
+
 def resolve_model(spec: str, data_dir: str | Path) -> Path:
     """Map a config model spec ('smollm2', 'tiny' or a folder) to a ready HF model folder."""
     if spec == "smollm2":

@@ -2,6 +2,10 @@
 
 Sending every live episode's prompt in one batch is what makes batched backends (vLLM,
 padded transformers generate) pay off. Policies see only prompts and valid actions.
+
+"The agent" lives here: `agent_policy` builds it the way every stage runs it (same prompt, same
+action mapping, only sampling differs), and `play` is the one "play these tasks" helper that
+collect, teach, evaluate, replay and the benchmarks call.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from rapidfuzz import fuzz, process
 from tqdm.auto import tqdm
 
-from evaluation.environments import EnvironmentFactory, Observation, TaskSpec
-from prompts.agent import build_messages
-from r2w.backends import GenerationBackend, SamplingParams
-from r2w.contracts import Episode, Message, Step, content_hash
+from r2w.agent_prompt import build_messages, render_hints_block
+from r2w.backends.base import GenerationBackend, SamplingParams
+from r2w.config import R2WConfig
+from r2w.contracts import Episode, Hint, Message, Step, content_hash
+from r2w.environment import EnvironmentFactory, Observation, TaskSpec
 
 
 @dataclass
@@ -159,8 +165,6 @@ class RandomPolicy:
 
 def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
     """Map free text to the closest valid action (exact, then prefix, then fuzzy ratio)."""
-    from rapidfuzz import fuzz, process
-
     cleaned = text.strip().splitlines()[0].strip().strip(".").lower() if text.strip() else ""
     if not valid_actions:
         return text.strip()
@@ -171,6 +175,67 @@ def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
             return action
     best = process.extractOne(cleaned, valid_actions, scorer=fuzz.ratio)
     return best[0] if best else valid_actions[0]
+
+
+HintRetriever = Callable[[str, str, int], list[Hint]]  # (category, query, k) -> hints, e.g. HintStore.retrieve
+
+
+def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperature: float, n: int = 1) -> LLMPolicy:
+    """The agent as every stage runs it: same prompt, same action mapping, only sampling differs."""
+    params = SamplingParams(
+        n=n,
+        temperature=temperature,
+        top_p=cfg.teach.top_p if temperature > 0 else 1.0,
+        max_tokens=cfg.agent.max_new_tokens,
+        seed=cfg.runtime.seed,
+    )
+    return LLMPolicy(
+        backend,
+        name,
+        params,
+        history=cfg.agent.history,
+        constrained=cfg.agent.constrained,
+        answer_max_tokens=cfg.agent.answer_max_new_tokens,
+        selection=cfg.agent.action_selection,
+    )
+
+
+def hint_provider(retrieve: HintRetriever, k: int) -> HintProvider:
+    """One-shot retrieval at episode start, keyed by category and the task + first observation."""
+
+    def provide(task: TaskSpec, task_text: str, obs: Observation) -> tuple[list[str], str]:
+        hints: list[Hint] = retrieve(task.category, f"{task_text}\n{obs.text}", k) if k else []
+        return [h.hint_id for h in hints], render_hints_block(hints)
+
+    return provide
+
+
+def play(
+    cfg: R2WConfig,
+    factory: EnvironmentFactory,
+    tasks: list[TaskSpec],
+    policy: Policy,
+    desc: str,
+    samples: int = 1,
+    retrieve: HintRetriever | None = None,
+    batch_size: int | None = None,
+) -> list[Episode]:
+    """Play every task `samples` times under the config's step budget, batching and agent rules.
+
+    With `retrieve`, each episode gets the top `hints.k` hints in its system prompt (the
+    base+hints and teacher policies); without it the episode is hint-free.
+    """
+    return run_episodes(
+        factory,
+        [(t, i) for t in tasks for i in range(samples)],
+        policy,
+        cfg.env.max_steps,
+        batch_size or cfg.agent.batch_size,
+        config_hash=cfg.hash,
+        desc=desc,
+        hints_for=hint_provider(retrieve, cfg.hints.k) if retrieve is not None else None,
+        avoid_losing_actions=cfg.agent.avoid_losing_actions,
+    )
 
 
 def run_episodes(

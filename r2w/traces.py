@@ -34,6 +34,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from r2w.contracts import Episode, Message, Step, content_hash
+from r2w.datasets import save_records
+from r2w.privacy import scrub_episodes
+from r2w.tracking import client_for, log_metrics, log_params, start_run
 
 REQUIRED = ("episode_id", "env", "category", "task_id", "split", "seed", "task", "created_at")
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
@@ -479,9 +482,6 @@ def save_imported(
     Returns (DatasetRef, run_id). The window and the sources go into the dataset manifest, so a
     backfill of the same window over the same traces yields the same content hash.
     """
-    from r2w.datasets import save_records
-    from r2w.privacy import scrub_episodes
-    from r2w.tracking import client_for, log_metrics, log_params, start_run
 
     since, until = parse_when(since, "--since"), parse_when(until, "--until")
     window = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None}

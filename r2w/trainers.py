@@ -65,6 +65,13 @@ class StudentArtifacts(BaseModel):
         trained = self.steps - self.resumed_from_step
         return self.train_seconds / trained if trained > 0 else 0.0
 
+    def metrics(self) -> dict[str, float]:
+        return {
+            "train.final_loss": self.train_losses[-1],
+            "train.tokens_per_s": self.tokens_per_s,
+            "train.s_per_step": self.s_per_step,
+        }
+
 
 def train_student(
     examples: list[DistillExample],

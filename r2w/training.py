@@ -16,6 +16,7 @@ from pathlib import Path
 
 from r2w.config import DistillConfig
 from r2w.contracts import DistillExample, content_hash
+from r2w.models import READY
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,6 @@ def merge_and_verify(base_model: Path, adapter_dir: Path, merged_dir: Path, toke
 
 def _save_merged(model, tokenizer, base_model: Path, folder: Path) -> None:
     # float32: a LoRA delta smaller than a bf16 step of the base weight would be rounded away; servers cast on load.
-    from r2w.models import READY
 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

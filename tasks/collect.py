@@ -12,13 +12,14 @@ from prefect import task
 from pydantic import BaseModel
 
 from evaluation.environments import make_environment
-from r2w.backends import GenerationBackend, SamplingParams
+from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
-from r2w.contracts import Episode
+from r2w.contracts import Episode, utcnow
 from r2w.datasets import DatasetRef, save_records
 from r2w.privacy import scrub_episodes
-from r2w.rollout import LLMPolicy, run_episodes
+from r2w.rollout import agent_policy, play
+from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, import_trace_file
 
 
 class CollectResult(BaseModel):
@@ -28,25 +29,9 @@ class CollectResult(BaseModel):
     n_failures: int
     scrubbed: dict[str, int] = {}  # kind of private data -> matches replaced before storing (r2w/privacy.py)
 
-
-def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperature: float, n: int = 1) -> LLMPolicy:
-    """The agent as every stage runs it: same prompt, same action mapping, only sampling differs."""
-    params = SamplingParams(
-        n=n,
-        temperature=temperature,
-        top_p=cfg.teach.top_p if temperature > 0 else 1.0,
-        max_tokens=cfg.agent.max_new_tokens,
-        seed=cfg.runtime.seed,
-    )
-    return LLMPolicy(
-        backend,
-        name,
-        params,
-        history=cfg.agent.history,
-        constrained=cfg.agent.constrained,
-        answer_max_tokens=cfg.agent.answer_max_new_tokens,
-        selection=cfg.agent.action_selection,
-    )
+    def metrics(self) -> dict[str, float]:
+        scrubbed = {f"privacy.scrubbed.{kind}": n for kind, n in self.scrubbed.items()}
+        return {"collect.episodes": self.n_episodes, "collect.failures": self.n_failures, **scrubbed}
 
 
 def play_training_games(
@@ -55,16 +40,8 @@ def play_training_games(
     """The base agent's rollouts on the train split (every `shards`-th game from `shard`), as configured."""
     factory = make_environment(cfg.env)
     tasks = factory.tasks("train", cfg.collect.episodes)[shard::shards]
-    return run_episodes(
-        factory,
-        [(t, 0) for t in tasks],
-        agent_policy(cfg, backend, policy_name, cfg.collect.temperature),
-        cfg.env.max_steps,
-        cfg.agent.batch_size,
-        config_hash=cfg.hash,
-        desc="collect (base agent)",
-        avoid_losing_actions=cfg.agent.avoid_losing_actions,
-    )
+    policy = agent_policy(cfg, backend, policy_name, cfg.collect.temperature)
+    return play(cfg, factory, tasks, policy, desc="collect (base agent)")
 
 
 def collect_failures(
@@ -78,10 +55,16 @@ def collect_failures(
     if cfg.collect.source != "rollout":
         return import_failures(cfg)
     episodes = play_training_games(cfg, backend, policy_name)
+    return store_rollouts(cfg, episodes, {"policy": policy_name})
+
+
+def store_rollouts(cfg: R2WConfig, episodes: list[Episode], meta: dict) -> CollectResult:
+    """The one save path for rolled-out episodes (in-process or sharded): scrubbed, then stored with
+    their failures as a dataset of their own."""
     episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # before anything is stored
     failures = [e for e in episodes if not e.success]
     root = Path(cfg.data_path) / "datasets"
-    meta = {"env": cfg.env.model_dump(), "policy": policy_name, "config_hash": cfg.hash, "scrubbed": scrubbed}
+    meta = {"env": cfg.env.model_dump(), "config_hash": cfg.hash, **meta, "scrubbed": scrubbed}
     return CollectResult(
         episodes=save_records(episodes, root, "episodes", meta),
         failures=save_records(failures, root, "failures", meta),
@@ -93,7 +76,6 @@ def collect_failures(
 
 def import_failures(cfg: R2WConfig) -> CollectResult:
     """Failures from trace files or MLflow traces within [collect.since, collect.until)."""
-    from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, import_trace_file
 
     c = cfg.collect
     stats, episodes, errors = ImportStats(), [], []
@@ -121,8 +103,6 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
 def source_fingerprint(cfg: R2WConfig) -> str:
     """Content identity of imported sources: file hashes; an open-ended MLflow window never caches."""
     import hashlib
-
-    from r2w.contracts import utcnow
 
     c = cfg.collect
     if c.source == "traces":

@@ -15,15 +15,14 @@ Three methods (`distill.method`), trained in r2w/trainers.py (no Prefect) on one
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from r2w.config import DistillConfig, R2WConfig
-from r2w.contracts import DistillExample, Episode, Hint, Message, Trajectory
+from r2w.contracts import DistillExample, Episode, Hint, Message, Trajectory, content_hash
+from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.distill_data import (
     HINT_REFERENCE,
     PromptMismatchError,
@@ -36,8 +35,12 @@ from r2w.distill_data import (
     require_base_prompt,
     student_prompt,
 )
+from r2w.registry import CHAMPION, champion_version, version_model
 from r2w.trainers import StudentArtifacts, train_dpo, train_onpolicy, train_sft, train_student
-from r2w.training import RoundTripError, write_atomically
+from r2w.training import RoundTripError
+from tasks.collect import CollectResult
+from tasks.replay import ReplayResult
+from tasks.teach import TeachResult
 
 # the training functions live in r2w/trainers.py (no Prefect); re-exported so callers need only this module
 __all__ = [
@@ -250,38 +253,60 @@ def resolve_student_base(cfg: R2WConfig, base_path: Path) -> StudentBase:
     """init_from=base: the base model. init_from=champion: the `champion` version's merged folder, downloaded once."""
     if cfg.distill.init_from == "base":
         return StudentBase(path=Path(base_path))
-    from mlflow.exceptions import MlflowException
-
-    from r2w.tracking import client_for
-    from tasks.register import CHAMPION
-
-    name = cfg.registry.model_name
-    try:
-        version = client_for(cfg).get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
+    version = champion_version(cfg)
+    if version is None:
         raise ChampionNotFoundError(
-            f"distill.init_from=champion: registered model {name!r} has no `{CHAMPION}` alias at {cfg.tracking_uri} "
-            "(a person sets it with `r2w promote`; or set distill.init_from=base)"
-        ) from exc
-    target = cfg.data_path / "models" / "champions" / f"{name}-v{version.version}"  # versions are immutable
-    if not (target / "config.json").is_file():
-        write_atomically(target, partial(_download_model, version.source, cfg.tracking_uri))
-    log.info("training on top of %s version %s (%s)", name, version.version, version.source)
-    return StudentBase(path=target, parent_version=str(version.version), source=version.source)
+            f"distill.init_from=champion: registered model {cfg.registry.model_name!r} has no `{CHAMPION}` alias at "
+            f"{cfg.tracking_uri} (a person sets it with `r2w promote`; or set distill.init_from=base)"
+        )
+    target = version_model(cfg, version)
+    log.info("training on top of %s version %s (%s)", cfg.registry.model_name, version, target)
+    return StudentBase(path=target, parent_version=version, source=str(target))
 
 
-def _download_model(source: str, tracking_uri: str, folder: Path) -> None:
-    import mlflow
+# ---------------------------------------------------------------------------------------------- stage
 
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracking_uri)
-    )
-    if local.resolve() != folder.resolve():
-        for item in local.iterdir():
-            shutil.move(str(item), str(folder / item.name))
-        shutil.rmtree(local)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"champion source {source}: no config.json, not a merged model folder")
+
+class DistillSet(BaseModel):
+    """The hint-free training set as stored, with the leakage counts the gate checks."""
+
+    examples: DatasetRef
+    leakage: dict[str, int]
+    n_train: int  # teacher rows in the train split; replay rows come on top
+
+    def metrics(self) -> dict[str, float]:
+        return {f"leakage.{k}": v for k, v in self.leakage.items()}
+
+
+def build_distill_set(
+    cfg: R2WConfig,
+    taught: TeachResult,
+    collected: CollectResult,
+    active_hints: list[Hint],
+    replay: ReplayResult | None = None,
+) -> DistillSet:
+    """Strip hints from the teacher's verified successes, check leakage, add replay rows, store the set.
+
+    DPO's rejected actions are the base agent's own, from its collected episodes of the same tasks.
+    """
+    trajectories = load_records(taught.trajectories, Trajectory)
+    base_episodes = load_records(collected.episodes, Episode) if cfg.distill.method == "dpo" else None
+    examples, leakage = build_training_set(trajectories, active_hints, cfg.distill, cfg.runtime.seed, base_episodes)
+    n_train = sum(e.split == "train" for e in examples)
+    if replay is not None and examples:  # against forgetting: the base's own answers on other families
+        examples = examples + load_records(replay.examples, DistillExample)
+        leakage = {**leakage, "replay": replay.kept, "replay_empty": replay.empty}
+    ref = save_records(examples, cfg.data_path / "datasets", "distill-examples", {"leakage": leakage})
+    return DistillSet(examples=ref, leakage=leakage, n_train=n_train)
+
+
+def train(cfg: R2WConfig, dataset: DistillSet, start: StudentBase) -> StudentArtifacts:
+    """Train the student on the stored set, on top of `start`, in a folder named by what it depends on."""
+    parent = [start.parent_version] if start.parent_version else []
+    key = [dataset.examples.hash, cfg.distill.model_dump(mode="json"), *parent]
+    out_dir = cfg.data_path / "students" / content_hash(key)[:16]
+    examples = load_records(dataset.examples, DistillExample)
+    return train_student(examples, start.path, cfg.distill, out_dir, cfg.train_seed, True, start.parent_version)
 
 
 # ---------------------------------------------------------------------------------------------- prefect
@@ -291,7 +316,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from r2w.caching import stage_cache  # noqa: E402
 
-build_examples_task = task(name="build-distill-set", cache_policy=NO_CACHE)(build_training_set)
+build_examples_task = task(name="build-distill-set", cache_policy=NO_CACHE)(build_distill_set)
+
 # Cached on the examples' content, the start weights, the distill config and the output folder;
 # a killed training run is not cached and resumes from its last checkpoint instead.
-train_task = task(name="train-student", cache_policy=stage_cache(), persist_result=True)(train_student)
+train_task = task(name="train-student", cache_policy=stage_cache("distill", "runtime"), persist_result=True)(train)

@@ -1,7 +1,9 @@
-"""Stage 5 - evaluate and gate: base, teacher and student on held-out games, then forgetting gates.
+"""Stage 5 - evaluate and gate: base, base+hints and student on held-out games, then forgetting gates.
 
-Base and student play hint-free, the teacher with its retrieved hints; all three use the same
-seeds, decoding and action mapping, and a random-valid-action policy is scored beside them.
+Base and student play hint-free; `base+hints` is the BASE model with its retrieved hints (what
+retrieval alone buys, and the hint-harm check), not the teacher of the teach stage, which may be
+another model (`models.teacher` / `teacher_url`). All use the same seeds, decoding and action
+mapping, and a random-valid-action policy is scored beside them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from evaluation.canary import canary_leaks
 from evaluation.environments import make_environment
 from evaluation.gates import apply_gates
-from evaluation.metrics import paired_counts, score_episodes
+from evaluation.metrics import paired_counts, score_episodes, score_metrics
 from evaluation.report import render_markdown, render_plot
 from evaluation.retention import (
     collect_gold_decisions,
@@ -27,11 +30,10 @@ from evaluation.retention import (
 )
 from r2w.caching import expensive_stage
 from r2w.config import EnvConfig, R2WConfig
-from r2w.contracts import GateReport, PolicyScore
+from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, GateReport, PolicyScore
 from r2w.datasets import DatasetRef, save_records
-from r2w.rollout import RandomPolicy, run_episodes
-from tasks.collect import agent_policy
-from tasks.teach import hint_provider
+from r2w.registry import Lineage
+from r2w.rollout import RandomPolicy, agent_policy, play
 
 
 class EvaluationResult(BaseModel):
@@ -39,58 +41,43 @@ class EvaluationResult(BaseModel):
     retention: dict[str, float]
     paired_student_vs_base: dict[str, int]
     episodes: DatasetRef
-    paired_teacher_vs_base: dict[str, int] = {}  # teacher WITH hints vs base, same seeds: the hint-harm gate
+    paired_hints_vs_base: dict[str, int] = {}  # base WITH hints vs base, same seeds: the hint-harm gate
     privacy: dict[str, float] = {}  # canary extraction counts (evaluation/canary.py)
+
+    def metrics(self) -> dict[str, float]:
+        return {**score_metrics(self.scores), **{f"retention.{k}": v for k, v in self.retention.items()}}
 
 
 def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snapshot: str) -> EvaluationResult:
-    """Score random/base/teacher/student on the same held-out seeds; `hint_snapshot` keys the cache."""
+    """Score random/base/base+hints/student on the same held-out seeds; `hint_snapshot` keys the cache."""
     factory = make_environment(cfg.env)
     tasks = factory.tasks("test", cfg.evaluate.test_episodes)
-    jobs = [(t, 0) for t in tasks]
 
-    def play(backend, name: str, with_hints: bool = False):
-        return run_episodes(
-            factory,
-            jobs,
-            agent_policy(cfg, backend, name, temperature=0.0),
-            cfg.env.max_steps,
-            cfg.agent.batch_size,
-            config_hash=cfg.hash,
-            desc=f"evaluate {name}",
-            hints_for=hint_provider(retrieve, cfg.hints.k) if with_hints else None,
-            avoid_losing_actions=cfg.agent.avoid_losing_actions,
-        )
+    def greedy(backend, name: str):
+        return agent_policy(cfg, backend, name, temperature=0.0)
 
-    base_eps = play(base_backend, "base")
-    teacher_eps = play(base_backend, "teacher", with_hints=True)
-    student_eps = play(student_backend, "student")
+    base_eps = play(cfg, factory, tasks, greedy(base_backend, BASE), f"evaluate {BASE}")
+    hinted = greedy(base_backend, BASE_HINTS)
+    hinted_eps = play(cfg, factory, tasks, hinted, f"evaluate {BASE_HINTS}", retrieve=retrieve)
+    student_eps = play(cfg, factory, tasks, greedy(student_backend, STUDENT), f"evaluate {STUDENT}")
     random_tasks = factory.tasks("test", cfg.evaluate.random_episodes)
-    random_eps = run_episodes(
-        factory,
-        [(t, 0) for t in random_tasks],
-        RandomPolicy(cfg.runtime.seed),
-        cfg.env.max_steps,
-        32,
-        desc="random",
-        avoid_losing_actions=cfg.agent.avoid_losing_actions,
-    )
+    random_eps = play(cfg, factory, random_tasks, RandomPolicy(cfg.runtime.seed), RANDOM, batch_size=32)
     scores = [
-        score_episodes("random", random_eps),
-        score_episodes("base", base_eps),
-        score_episodes("teacher", teacher_eps),
-        score_episodes("student", student_eps),
+        score_episodes(RANDOM, random_eps),
+        score_episodes(BASE, base_eps),
+        score_episodes(BASE_HINTS, hinted_eps),
+        score_episodes(STUDENT, student_eps),
     ]
     student_model = logits_model(student_backend, cfg.models.dtype)  # loaded once: retention and canaries share it
     retention = measure_retention(cfg, base_backend, student_model)
     privacy = probe_canaries(cfg, student_backend, student_model)
-    episodes = base_eps + teacher_eps + student_eps
+    episodes = base_eps + hinted_eps + student_eps
     ref = save_records(episodes, Path(cfg.data_path) / "datasets", "eval-episodes", {"config_hash": cfg.hash})
     return EvaluationResult(
         scores=scores,
         retention=retention,
         paired_student_vs_base=paired_counts(student_eps, base_eps),
-        paired_teacher_vs_base=paired_counts(teacher_eps, base_eps),
+        paired_hints_vs_base=paired_counts(hinted_eps, base_eps),
         episodes=ref,
         privacy=privacy,
     )
@@ -98,7 +85,6 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
 
 def probe_canaries(cfg: R2WConfig, student_backend, student_model) -> dict[str, float]:
     """Greedy + sampled extraction attempts of every configured canary on the student."""
-    from evaluation.canary import canary_leaks
 
     if not cfg.privacy.canaries:
         return {"canary_leaks": 0.0, "canary_attempts": 0.0, "canaries": 0.0}
@@ -157,7 +143,7 @@ def logits_model(backend, dtype: str):
 
 
 def gate(
-    cfg: R2WConfig, evaluation: EvaluationResult, leakage: dict[str, int], out_dir: Path, lineage: dict[str, str]
+    cfg: R2WConfig, evaluation: EvaluationResult, leakage: dict[str, int], out_dir: Path, lineage: Lineage
 ) -> tuple[GateReport, Path]:
     """Apply the configured gate policy and write the report (markdown, JSON, plot) to out_dir."""
     report = apply_gates(
@@ -166,13 +152,13 @@ def gate(
         evaluation.retention,
         leakage,
         privacy=evaluation.privacy,
-        teacher_vs_base=evaluation.paired_teacher_vs_base,
+        hints_vs_base=evaluation.paired_hints_vs_base,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gate_report.md").write_text(render_markdown(report, lineage))
+    (out_dir / "gate_report.md").write_text(render_markdown(report, lineage.model_dump(exclude_defaults=True)))
     (out_dir / "gate_report.json").write_text(report.model_dump_json(indent=2))
     (out_dir / "paired_student_vs_base.json").write_text(json.dumps(evaluation.paired_student_vs_base))
-    (out_dir / "paired_teacher_vs_base.json").write_text(json.dumps(evaluation.paired_teacher_vs_base))
+    (out_dir / "paired_base_hints_vs_base.json").write_text(json.dumps(evaluation.paired_hints_vs_base))
     render_plot(report, out_dir / "gate_report.png")
     return report, out_dir
 

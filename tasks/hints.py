@@ -11,9 +11,12 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel, Field
 
+from prompts.hints import extract_hints
+from prompts.optimize import load_extractor
 from r2w.caching import expensive_stage
 from r2w.config import CONFIG_DIR, HintsConfig
 from r2w.contracts import Episode
+from r2w.hint_screen import HintScreen, trace_injection
 from r2w.hintstore import HintStore
 
 PROJECT_ROOT = CONFIG_DIR.parent
@@ -30,6 +33,21 @@ class HintsResult(BaseModel):
     active_hints: int = 0
     snapshot_id: str = "empty"
 
+    def metrics(self) -> dict[str, float]:
+        return {
+            "hints.extracted": self.extracted,
+            "hints.rejected": sum(self.rejected.values()),
+            "hints.active": self.active_hints,
+            **{f"hints.rejected.{metric_key(reason)}": n for reason, n in self.rejected.items()},
+            "hints.quarantined_failures": len(self.quarantined),
+            **{f"hints.quarantined.{kind}": n for kind, n in self.quarantine_kinds.items()},
+        }
+
+
+def metric_key(reason: str) -> str:
+    """A free-text reason as an MLflow metric name (letters, digits and _-. only)."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in reason.replace(" ", "_"))
+
 
 def extract_and_store(
     failures: list[Episode],
@@ -41,8 +59,6 @@ def extract_and_store(
     gold_actions: dict[str, list[str]] | None = None,
 ) -> HintsResult:
     """Import curated packs, then extract from at most `max_failures` failures and upsert the hints."""
-    from prompts.hints import extract_hints  # imports dspy: after configure_environment
-    from r2w.hint_screen import HintScreen, trace_injection
 
     curated = 0
     for pack in hints_cfg.curated_packs:
@@ -61,8 +77,6 @@ def extract_and_store(
     chosen = select_failures(clean, hints_cfg.max_failures)
     module = None
     if hints_cfg.extractor.program and chosen:
-        from prompts.optimize import load_extractor
-
         program = resolve_pack(hints_cfg.extractor.program, "hints.extractor.program")
         module = load_extractor(program)
         extractor_id = f"{extractor_id}+{program.stem}"  # provenance names the compiled program

@@ -19,8 +19,7 @@ from r2w.config import EnvConfig, R2WConfig, ReplaySettings
 from r2w.contracts import DistillExample
 from r2w.datasets import DatasetRef, save_records
 from r2w.distill_data import example_hash
-from r2w.rollout import run_episodes
-from tasks.collect import agent_policy
+from r2w.rollout import agent_policy, run_episodes
 
 
 class ReplayResult(BaseModel):

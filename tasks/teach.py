@@ -12,16 +12,15 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from evaluation.environments import Observation, TaskSpec, make_environment
+from evaluation.environments import make_environment
 from evaluation.metrics import score_episodes
-from prompts.agent import extract_hints_block, render_hints_block
+from r2w.agent_prompt import extract_hints_block
 from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
-from r2w.contracts import Hint, Trajectory, content_hash
+from r2w.contracts import Trajectory, content_hash
 from r2w.datasets import DatasetRef, save_records
-from r2w.rollout import HintProvider, run_episodes
-from tasks.collect import agent_policy
+from r2w.rollout import HintRetriever, agent_policy, play
 
 
 class TeachResult(BaseModel):
@@ -34,33 +33,20 @@ class TeachResult(BaseModel):
     single_sample_rate: float  # success of sample 0 only: the teacher's one-shot rate
     hint_snapshot: str
 
-
-def hint_provider(retrieve, k: int) -> HintProvider:
-    """One-shot retrieval at episode start, keyed by category and the task + first observation."""
-
-    def provide(task: TaskSpec, task_text: str, obs: Observation) -> tuple[list[str], str]:
-        hints: list[Hint] = retrieve(task.category, f"{task_text}\n{obs.text}", k) if k else []
-        return [h.hint_id for h in hints], render_hints_block(hints)
-
-    return provide
+    def metrics(self) -> dict[str, float]:
+        return {
+            "teach.attempts": self.attempts,
+            "teach.kept": self.kept,
+            "teach.single_sample_rate": self.single_sample_rate,
+        }
 
 
-def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve, hint_snapshot: str) -> TeachResult:
+def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve: HintRetriever, hint_snapshot: str) -> TeachResult:
     factory = make_environment(cfg.env)
     tasks = factory.tasks("train", cfg.teach.tasks)
-    jobs = [(t, i) for t in tasks for i in range(cfg.teach.samples)]
     policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
-    episodes = run_episodes(
-        factory,
-        jobs,
-        policy,
-        cfg.env.max_steps,
-        cfg.agent.batch_size,
-        config_hash=cfg.hash,
-        desc=f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})",
-        hints_for=hint_provider(retrieve, cfg.hints.k),
-        avoid_losing_actions=cfg.agent.avoid_losing_actions,
-    )
+    desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"
+    episodes = play(cfg, factory, tasks, policy, desc, samples=cfg.teach.samples, retrieve=retrieve)
     kept = [
         Trajectory(
             trajectory_id="t-" + content_hash(e.episode_id)[:16],

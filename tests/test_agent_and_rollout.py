@@ -1,7 +1,7 @@
 import pytest
 
 from evaluation.environments import make_environment
-from prompts.agent import build_messages, extract_hints_block, render_hints_block, strip_hints_block
+from r2w.agent_prompt import build_messages, extract_hints_block, render_hints_block, strip_hints_block
 from r2w.backends import SamplingParams
 from r2w.config import EnvConfig
 from r2w.contracts import Hint

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from prompts.agent import build_messages
+from r2w.agent_prompt import build_messages
 from r2w.config import load_config
 from r2w.contracts import DistillExample
 

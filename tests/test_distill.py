@@ -14,7 +14,7 @@ configure_environment(Path(tempfile.gettempdir()) / "r2w-test-data")  # before p
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from prompts.agent import HINTS_CLOSE, HINTS_OPEN, build_messages, render_hints_block  # noqa: E402
+from r2w.agent_prompt import HINTS_CLOSE, HINTS_OPEN, build_messages, render_hints_block  # noqa: E402
 from r2w.config import DistillConfig, LoraConfig  # noqa: E402
 from r2w.contracts import DistillExample, Episode, Hint, Step, Trajectory  # noqa: E402
 from r2w.models import resolve_model  # noqa: E402

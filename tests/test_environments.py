@@ -9,7 +9,7 @@ import pytest
 from evaluation.environments import make_environment
 from evaluation.environments.reasoning_gym import SPLIT_SEEDS, extract_answer
 from evaluation.environments.twx import GAMES
-from prompts.agent import SYSTEM_ANSWER
+from r2w.agent_prompt import SYSTEM_ANSWER
 from r2w.backends import SamplingParams
 from r2w.config import EnvConfig
 from r2w.rollout import LLMPolicy, RandomPolicy, run_episodes
@@ -160,7 +160,7 @@ def test_avoid_losing_actions_removes_score_losing_actions_for_every_policy():
 
 
 def test_without_actions_never_empties_the_action_list():
-    from evaluation.environments.base import Observation
+    from r2w.environment import Observation
     from r2w.rollout import without_actions
 
     obs = Observation(text="t", valid_actions=["a", "b"])

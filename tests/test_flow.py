@@ -71,7 +71,7 @@ def test_impossible_gate_registers_nothing(passing_run, data_dir):
 
 
 def test_promote_and_rollback_need_a_person(passing_run, data_dir):
-    from tasks.register import promote_version, rollback_champion
+    from r2w.registry import promote_version, rollback_champion
 
     cfg, client = _client(data_dir)
     with pytest.raises(ValueError, match="--by and --reason"):

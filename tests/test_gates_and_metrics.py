@@ -19,7 +19,7 @@ def test_wilson_interval_known_values():
 
 
 def test_gate_passes_and_fails_with_named_checks():
-    scores = [_score("random", 38), _score("base", 23), _score("teacher", 50), _score("student", 45)]
+    scores = [_score("random", 38), _score("base", 23), _score("base+hints", 50), _score("student", 45)]
     retention = {"kl_base_student": 0.02, "drop:coin": 0.01}
     ok = apply_gates(GateConfig(min_gain_over_base=0.1, max_kl=0.1), scores, retention, {"leak_remaining": 0})
     assert ok.passed and not ok.reasons
@@ -32,6 +32,6 @@ def test_gate_passes_and_fails_with_named_checks():
 
 
 def test_leakage_gate():
-    scores = [_score("random", 1), _score("base", 1), _score("teacher", 1), _score("student", 1)]
+    scores = [_score("random", 1), _score("base", 1), _score("base+hints", 1), _score("student", 1)]
     report = apply_gates(GateConfig(min_gain_over_base=-1), scores, {}, {"leak_remaining": 2})
     assert not report.passed and [c.name for c in report.checks if not c.passed] == ["leakage"]

@@ -8,13 +8,14 @@ from pathlib import Path
 import dspy
 import pytest
 
-from prompts.optimize import HintUplift, compile_extractor, load_extractor
+from prompts.optimize import load_extractor
 from r2w.backends.base import Completion, SamplingParams
 from r2w.backends.dspy_lm import make_extractor_lm
 from r2w.config import ExtractorConfig, load_config
 from r2w.contracts import Episode, Message, Step
 from r2w.hintstore import HintStore
 from tasks.hints import extract_and_store
+from tasks.optimize import HintUplift, compile_extractor
 
 HINT = "WHEN a {container} is closed: open the {container} before putting anything in it"
 

@@ -22,7 +22,7 @@ import time
 
 def prompts_and_choices(n: int) -> tuple[list, list[list[str]]]:
     """Agent-style chat prompts with 3-6 valid actions each (deterministic)."""
-    from prompts.agent import build_messages
+    from r2w.agent_prompt import build_messages
 
     objects = ["apple", "sock", "plate", "book", "mug", "towel"]
     places = ["fridge", "drawer", "shelf", "basket", "table", "sink"]

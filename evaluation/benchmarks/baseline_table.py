@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from r2w.backends import make_backend
     from r2w.config import load_config
     from r2w.models import resolve_model
-    from r2w.rollout import RandomPolicy, run_episodes
-    from tasks.collect import agent_policy
+    from r2w.rollout import RandomPolicy, agent_policy, run_episodes
 
     cfg = load_config("demo", {"data_dir": args.data_dir})
     dtype = "float32" if args.model == "tiny" else cfg.models.dtype

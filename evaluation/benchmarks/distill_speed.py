@@ -88,7 +88,7 @@ def examples_for(method: str, stored: list | None, folder: str | None) -> list:
 def method_examples(method: str) -> list:
     """The shared synthetic set, with a rejected action (DPO) or the teacher's hints block (on-policy)."""
     from evaluation.benchmarks.sft_overhead import synthetic_examples
-    from prompts.agent import render_hints_block
+    from r2w.agent_prompt import render_hints_block
     from r2w.contracts import Hint
 
     text = "Open a closed container before you try to put an item inside it."

@@ -1,7 +1,7 @@
 """Teacher generation throughput: r2w's transformers backend vs r2w's vLLM engine vs bare `vllm.LLM`.
 
 One batch of real teacher prompts (TWX twc observations after 0-3 random steps, recent history and
-the curated hints block in the system prompt, built by `prompts.agent.build_messages`) goes through
+the curated hints block in the system prompt, built by `r2w.agent_prompt.build_messages`) goes through
 
 1. r2w `TransformersBackend` (the in-process fallback),
 2. r2w `VLLMEngineBackend` (rendering, tokenization, per-prompt params, Completion conversion),
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 def teacher_prompts(n: int, seed: int = 0):
     """(messages, valid_actions) for n real twc decisions with the curated hints block."""
     from evaluation.environments import make_environment
-    from prompts.agent import build_messages, render_hints_block
+    from r2w.agent_prompt import build_messages, render_hints_block
     from r2w.config import EnvConfig
     from r2w.contracts import Hint
 

@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     from r2w.backends import make_backend
     from r2w.hintstore import HintStore
     from r2w.models import resolve_model
-    from r2w.rollout import RandomPolicy, run_episodes
-    from tasks.collect import agent_policy
-    from tasks.teach import hint_provider
+    from r2w.rollout import RandomPolicy, agent_policy, hint_provider, run_episodes
 
     started = time.perf_counter()
     factory = make_environment(cfg.env)

@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     from r2w.datasets import load_records
     from r2w.hintstore import HintStore
     from r2w.models import resolve_model
-    from r2w.rollout import run_episodes
-    from tasks.collect import agent_policy
-    from tasks.teach import hint_provider
+    from r2w.rollout import agent_policy, hint_provider, run_episodes
 
     factory = make_environment(cfg.env)
     jobs = [(t, 0) for t in factory.tasks("test", args.n)]

@@ -1,7 +1,7 @@
 """Do hints raise the teacher's success? The base model with vs without a hints block, same seeds, paired.
 
 Measured, not assumed (issue 10): the hints block is rendered exactly as the teacher sees it
-(prompts.agent.render_hints_block) from a hint pack (JSONL of r2w hints, e.g. a curated pack) and
+(r2w.agent_prompt.render_hints_block) from a hint pack (JSONL of r2w hints, e.g. a curated pack) and
 given to every episode; greedy and sampled decoding; TRAIN seeds by default (where the teacher plays).
 
     python -m evaluation.benchmarks.hint_value --game peckingorder \
@@ -32,13 +32,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     set_torch_threads(1)
     from evaluation.environments import make_environment
     from evaluation.metrics import mcnemar_p, paired_counts, score_episodes
-    from prompts.agent import render_hints_block
+    from r2w.agent_prompt import render_hints_block
     from r2w.backends import make_backend
     from r2w.config import EnvConfig, HintsConfig, load_config
     from r2w.hintstore import read_pack
     from r2w.models import resolve_model
-    from r2w.rollout import run_episodes
-    from tasks.collect import agent_policy
+    from r2w.rollout import agent_policy, run_episodes
 
     cfg = load_config("demo", {"data_dir": args.data_dir})
     try:

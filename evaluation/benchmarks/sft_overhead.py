@@ -35,7 +35,7 @@ ITEMS = ["red apple", "white socks", "clean plate", "banana", "blue shoe", "dirt
 
 def synthetic_examples(n: int = 64, seed: int = 0) -> list:
     """Agent prompts with 0-3 history turns and varied observations, so batch lengths vary as in real runs."""
-    from prompts.agent import build_messages
+    from r2w.agent_prompt import build_messages
     from r2w.contracts import DistillExample
 
     rng = random.Random(seed)
@@ -78,7 +78,7 @@ def distill_config(steps: int):
 
 
 def run_r2w(examples: list, base: Path, steps: int, save_steps: int, workdir: Path) -> dict:
-    from tasks.distill import train_sft
+    from r2w.trainers import train_sft
 
     art = train_sft(examples, base, distill_config(steps), workdir / "r2w", resume=False, save_steps=save_steps)
     return {

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from evaluation.environments.base import Environment, EnvironmentFactory, Observation, TaskSpec
+from evaluation.environments.reasoning_gym import ReasoningGymFactory
+from evaluation.environments.twx import TWXFactory
 from r2w.config import EnvConfig
+from r2w.environment import Environment, EnvironmentFactory, Observation, TaskSpec
 
 __all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make_environment"]
 
 
 def make_environment(cfg: EnvConfig) -> EnvironmentFactory:
     if cfg.name == "twx":
-        from evaluation.environments.twx import TWXFactory
-
         return TWXFactory(cfg.game, cfg.params, cfg.max_steps)
     if cfg.name == "reasoning_gym":
-        from evaluation.environments.reasoning_gym import ReasoningGymFactory
-
         return ReasoningGymFactory(cfg.families, cfg.family_kwargs, cfg.success_threshold)
     raise ValueError(f"env.name: unknown environment {cfg.name!r} (expected 'twx' or 'reasoning_gym')")

@@ -17,7 +17,7 @@ import json
 import re
 from functools import lru_cache
 
-from evaluation.environments.base import Observation, TaskSpec
+from r2w.environment import Observation, TaskSpec
 
 SPLIT_SEEDS: dict[str, tuple[int, int]] = {"train": (0, 10_000), "dev": (10_000, 20_000), "test": (20_000, 30_000)}
 ENV_NAME = "reasoning_gym"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from evaluation.environments.base import Observation, TaskSpec
+from r2w.environment import Observation, TaskSpec
 
 SPLIT_TO_FOLD = {"train": "train", "dev": "dev", "test": "test"}
 

@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from r2w.backends.base import Completion, GenerationBackend, SamplingParams
+from r2w.backends.hf import TransformersBackend
+from r2w.backends.openai_server import OpenAIServerBackend
+from r2w.backends.vllm_engine import VLLMEngineBackend
+from r2w.backends.vllm_server import LocalVLLMServer
+from r2w.config import R2WConfig
+from r2w.models import resolve_model_field
 
-__all__ = ["Completion", "GenerationBackend", "SamplingParams", "make_backend", "make_student_backend"]
+__all__ = [
+    "AgentBackends",
+    "Completion",
+    "GenerationBackend",
+    "SamplingParams",
+    "agent_backends",
+    "make_backend",
+    "make_student_backend",
+]
+
+
+@dataclass
+class AgentBackends:
+    """The models a run plays: the base agent, and the teacher (the base itself unless configured)."""
+
+    base_path: Path
+    base: GenerationBackend
+    teacher: GenerationBackend
+
+
+def agent_backends(cfg: R2WConfig) -> AgentBackends:
+    """Base and teacher backends as configured; a missing model names its config field (exit 2)."""
+    m = cfg.models
+    base_path = resolve_model_field("models.base", m.base, cfg.data_path)
+    base = make_backend(m.backend, base_path, dtype=m.dtype, seed=cfg.runtime.seed)
+    teacher = base
+    if m.teacher or m.teacher_url:
+        field = "models.teacher" if m.teacher else "models.base"
+        teacher_path = resolve_model_field(field, m.teacher or m.base, cfg.data_path)
+        teacher = make_backend(m.backend, teacher_path, dtype=m.dtype, url=m.teacher_url, seed=cfg.runtime.seed)
+    return AgentBackends(base_path=base_path, base=base, teacher=teacher)
 
 
 def make_backend(
@@ -28,14 +65,11 @@ def make_backend(
     if url is not None:
         if adapter_path is not None:
             raise ValueError(f"models.teacher_url: cannot load the local adapter {adapter_path} into a remote server")
-        from r2w.backends.openai_server import OpenAIServerBackend
 
         return OpenAIServerBackend(url)
     if kind == "auto":
         kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
     if kind == "transformers":
-        from r2w.backends.hf import TransformersBackend
-
         return TransformersBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
     if kind in ("vllm", "openai") and not _vllm_available():
         raise ValueError(
@@ -43,13 +77,8 @@ def make_backend(
             "or set models.teacher_url to a running OpenAI-compatible server"
         )
     if kind == "vllm":
-        from r2w.backends.vllm_engine import VLLMEngineBackend
-
         return VLLMEngineBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
     if kind == "openai":
-        from r2w.backends.openai_server import OpenAIServerBackend
-        from r2w.backends.vllm_server import LocalVLLMServer
-
         server = LocalVLLMServer(model_path, adapter_path=adapter_path, seed=seed, dtype=dtype).start()
         return OpenAIServerBackend(
             server.url, model=server.model_name, choice_mode="trie", per_request_seed=False, server=server

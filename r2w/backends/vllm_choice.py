@@ -20,6 +20,8 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
+from r2w.backends.hf import _ActionTrie
+
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
@@ -85,7 +87,6 @@ class ActionChoiceLogitsProcessor(AdapterLogitsProcessor):
         return self._tokenizer
 
     def _trie(self, choices: tuple[str, ...]):
-        from r2w.backends.hf import _ActionTrie
 
         trie = self._tries.get(choices)
         if trie is None:

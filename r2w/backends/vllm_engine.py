@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r2w.backends.base import Completion, SamplingParams, check_choices
+from r2w.backends.hf import adapter_ref
 from r2w.backends.orphans import descendants, forget, reap_orphans, record_started
 from r2w.contracts import Message
 
@@ -58,7 +59,6 @@ class VLLMEngineBackend:
             ) from exc
         from transformers import AutoTokenizer
 
-        from r2w.backends.hf import adapter_ref
         from r2w.backends.vllm_choice import FQCN, end_of_turn_id
 
         if choice_mode not in ("trie", "structured"):

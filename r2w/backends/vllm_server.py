@@ -21,6 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from r2w.backends.hf import adapter_ref
+from r2w.backends.vllm_engine import on_cpu
+
 ADAPTER_NAME = "r2w-adapter"
 
 
@@ -62,7 +65,6 @@ class LocalVLLMServer:
             Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="r2w-vllm-server-", suffix=".log")[1])
         )
         self.process: subprocess.Popen | None = None
-        from r2w.backends.hf import adapter_ref
 
         self.identity = f"vllm-server:{self.model_path.resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}"
 
@@ -82,7 +84,6 @@ class LocalVLLMServer:
 
     def command(self) -> list[str]:
         from r2w.backends.vllm_choice import FQCN
-        from r2w.backends.vllm_engine import on_cpu
 
         cmd = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",

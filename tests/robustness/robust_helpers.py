@@ -149,7 +149,7 @@ def passing_report(report_dir: Path):
     from r2w.contracts import PolicyScore
 
     scores = [PolicyScore(policy=p, n=4, successes=2, rate=0.5, ci_low=0.1, ci_high=0.9) for p in
-              ("random", "base", "teacher", "student")]  # fmt: skip
+              ("random", "base", "base+hints", "student")]  # fmt: skip
     report = apply_gates(GateConfig(), scores, {"kl_base_student": 0.0}, {"leak_remaining": 0})
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "gate_report.md").write_text(render_markdown(report))

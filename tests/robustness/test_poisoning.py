@@ -195,7 +195,7 @@ def test_harmful_hint_that_passes_the_screen_is_caught_by_the_gate(tiny_backend,
     policy = HintObeyingFakeBackend(tiny_backend)
     evaluation = evaluate(cfg, policy, policy, lambda category, query, k: [harmful][:k], "harmful")
     report, _ = gate(cfg, evaluation, {"leak_remaining": 0}, tmp_path / "gate", {})
-    paired = evaluation.paired_teacher_vs_base
+    paired = evaluation.paired_hints_vs_base
     assert paired["only_b"] >= 5 and paired["only_a"] == 0, paired  # the hint made the teacher lose seeds
     assert not report.passed and [r.split(":")[0] for r in report.reasons] == ["hint_harm"], report.reasons
 
@@ -203,5 +203,5 @@ def test_harmful_hint_that_passes_the_screen_is_caught_by_the_gate(tiny_backend,
     from evaluation.gates import apply_gates
 
     fine = apply_gates(cfg.gate, evaluation.scores, evaluation.retention, {"leak_remaining": 0},
-                       teacher_vs_base={**paired, "only_b": 0})  # fmt: skip
+                       hints_vs_base={**paired, "only_b": 0})  # fmt: skip
     assert next(c for c in fine.checks if c.name == "hint_harm").passed

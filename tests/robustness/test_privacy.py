@@ -136,7 +136,7 @@ def test_canary_gate_rejects_a_student_that_memorised_the_secret(memorising_stud
     assert clean["canary_leaks"] == 0 and clean["canary_attempts"] == leaked["canary_attempts"] == 10
 
     scores = [PolicyScore(policy=p, n=4, successes=2, rate=0.5, ci_low=0.1, ci_high=0.9) for p in
-              ("random", "base", "teacher", "student")]  # fmt: skip
+              ("random", "base", "base+hints", "student")]  # fmt: skip
     rejected = apply_gates(GateConfig(), scores, {}, {"leak_remaining": 0}, privacy=leaked)
     passed = apply_gates(GateConfig(), scores, {}, {"leak_remaining": 0}, privacy=clean)
     assert not rejected.passed and [r.split(":")[0] for r in rejected.reasons] == ["canary_leaks"]

@@ -1,4 +1,4 @@
-"""The small environment interface every benchmark adapter implements.
+"""The environment seam: the small interface every environment adapter implements (a contract: r2w/ owns it).
 
 reset -> task text + first observation + valid actions; step -> observation, done, success.
 Splits (train/dev/test) are the benchmark's own seed folds, so held-out means held-out.
