@@ -10,7 +10,6 @@ error; 2 bad input (config, trace files, model paths, arguments: named in the me
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -141,49 +140,21 @@ def status(
 ) -> None:
     """Last runs and registered versions (with aliases)."""
     cfg = _load(config, set_)
-    from r2w.tracking import client_for
+    from r2w.registry import recent_runs, registered_versions
 
-    client = client_for(cfg)
-    exp = client.get_experiment_by_name(cfg.registry.experiment)
-    runs = (
-        client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
-        if exp
-        else []
-    )
     table = Table(title=f"recent runs ({cfg.tracking_uri})")
-    for col in ("run", "started", "gate", "student success", "version"):
+    for col in ("run", "started", "status", "gate", "student success", "version"):
         table.add_column(col)
-    for r in runs:
-        table.add_row(
-            r.info.run_id[:12],
-            datetime.fromtimestamp(r.info.start_time / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            r.data.tags.get("r2w.gate", "-"),
-            f"{r.data.metrics.get('eval.student.success', float('nan')):.2f}",
-            r.data.tags.get("r2w.registered_version", "-"),
-        )
+    for r in recent_runs(cfg, limit):
+        success = "-" if r.student_success is None else f"{r.student_success:.2f}"
+        table.add_row(r.run_id[:12], r.started, r.status, r.gate, success, r.version)
     console.print(table)
-    versions = client.search_model_versions(f"name='{cfg.registry.model_name}'")
     vt = Table(title=f"registered versions of {cfg.registry.model_name}")
     for col in ("version", "aliases", "run", "gate"):
         vt.add_column(col)
-    aliases = _aliases(client, cfg.registry.model_name)
-    for v in sorted(versions, key=lambda v: int(v.version)):
-        version = str(v.version)
-        vt.add_row(version, ",".join(aliases.get(version, [])), (v.run_id or "")[:12], v.tags.get("r2w.gate", "-"))
+    for v in registered_versions(cfg):
+        vt.add_row(v.version, ",".join(v.aliases), v.run_id[:12], v.gate)
     console.print(vt)
-
-
-def _aliases(client, name: str) -> dict[str, list[str]]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        return {}
-    out: dict[str, list[str]] = {}
-    for alias, version in (model.aliases or {}).items():
-        out.setdefault(str(version), []).append(alias)
-    return out
 
 
 @app.command("evaluate")

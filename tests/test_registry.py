@@ -134,3 +134,68 @@ def test_registry_round_trip_sqlite(tmp_path, tiny_student):
 @pytest.mark.stack
 def test_registry_round_trip_mlflow_server(tmp_path, tiny_student, mlflow_server):
     _round_trip(mlflow_server, tmp_path, tiny_student)
+
+
+def _logits(model_dir: Path, adapter: Path | None = None):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.no_grad():
+        return model(torch.tensor([[3, 17, 41, 5, 9, 23]])).logits
+
+
+def test_regate_puts_a_champion_round_adapter_on_the_champion(tmp_path, tiny_model, tiny_student):
+    """`r2w evaluate` of a version trained with init_from=champion must load its adapter on the
+    champion's merged model (what it was trained on), not on the configured base."""
+    from flows.evaluate import registered_student
+    from r2w.config import DistillConfig, LoraConfig
+    from r2w.registry import Lineage, promote_version
+    from r2w.tracking import client_for, start_run
+    from tasks.distill import resolve_student_base, train_student
+    from tasks.register import register_student
+
+    overrides = {"data_dir": str(tmp_path), "models": {"base": str(tiny_model)}, "registry": {"model_name": "r2w-cr"}}
+    cfg = load_config("test", overrides)
+    client = client_for(cfg)
+    report = _passing_report(tmp_path / "gate")
+    first = Lineage(config_hash=cfg.hash, base_model=str(tiny_model), student="v1")
+    reg = register_student(cfg, start_run(client, cfg, "v1"), report, tmp_path / "gate",
+                           tiny_student.adapter_dir, tiny_student.merged_dir, first)  # fmt: skip
+    promote_version(cfg, reg.version, by="alice", reason="reviewed")
+
+    round2 = load_config("test", {**overrides, "distill": {"init_from": "champion"}})
+    start = resolve_student_base(round2, tiny_model)
+    assert start.parent_version == "1"
+    examples = [e.model_copy(update={"completion": "open door"}) for e in _examples()]
+    distill = DistillConfig(max_steps=2, batch_size=2, bf16=False, learning_rate=5e-2, lora=LoraConfig(r=2, alpha=4))
+    student = train_student(examples, start.path, distill, tmp_path / "round2", seed=1)
+    lineage = Lineage(config_hash=cfg.hash, base_model=str(tiny_model), student_base=str(start.path),
+                      parent_version=start.parent_version, student="v2")  # fmt: skip
+    reg2 = register_student(cfg, start_run(client, cfg, "v2"), report, tmp_path / "gate",
+                            student.adapter_dir, student.merged_dir, lineage)  # fmt: skip
+
+    student_base, adapter = registered_student(cfg, reg2.version)
+    loaded = _logits(student_base, adapter)
+    merged = _logits(student.merged_dir)  # what was trained and verified: adapter on the champion, merged
+    on_original_base = _logits(tiny_model, adapter)
+    right = (loaded - merged).abs().max().item()
+    wrong = (on_original_base - merged).abs().max().item()
+    assert right < 1e-4 and wrong > 100 * max(right, 1e-6), (right, wrong)
+
+
+def _examples() -> list[DistillExample]:
+    return [
+        DistillExample(
+            example_id=f"c{i}",
+            task_id=f"c{i}",
+            category="twc",
+            prompt=[Message(role="user", content=f"Observation: a door is closed ({i}).\nNext action:")],
+            completion="open door",
+            trajectory_id=f"c{i}-0",
+        )
+        for i in range(4)
+    ]
