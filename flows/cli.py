@@ -408,51 +408,14 @@ def hints_optimize(
         cfg = _load(config, set_)
     except ConfigError as exc:
         _fail(str(exc))
-    from r2w.runtime import set_torch_threads
-
-    set_torch_threads(cfg.runtime.torch_threads)
-    from r2w.backends import make_backend
-    from r2w.backends.dspy_lm import make_extractor_lm
-    from r2w.contracts import Episode
-    from r2w.datasets import load_records
-    from r2w.models import ModelNotFoundError, resolve_model
-    from tasks.optimize import compile_extractor
+    from r2w.models import ModelNotFoundError
+    from tasks.optimize import optimize_extractor
 
     try:
-        base_path = resolve_model(cfg.models.base, cfg.data_path)
-        base = make_backend(cfg.models.backend, base_path, dtype=cfg.models.dtype, seed=cfg.runtime.seed)
-        teacher = base
-        if cfg.models.teacher or cfg.models.teacher_url:
-            teacher = make_backend(
-                cfg.models.backend,
-                resolve_model(cfg.models.teacher or cfg.models.base, cfg.data_path),
-                dtype=cfg.models.dtype,
-                url=cfg.models.teacher_url,
-                seed=cfg.runtime.seed,
-            )
-    except ModelNotFoundError as exc:
-        _fail(str(exc))
-    if failures is None:
-        root = cfg.data_path / "datasets" / "failures"
-        found = sorted(root.glob("*/data.parquet"), key=lambda p: p.stat().st_mtime)
-        if found:
-            failures = found[-1].parent
-        else:  # nothing collected yet: play collect.episodes training games with the base agent
-            from tasks.collect import collect_failures
-
-            failures = Path(collect_failures(cfg, base).failures.path)
-    if not (failures / "manifest.json").is_file():
-        _fail(f"--failures {failures}: not a dataset folder (no manifest.json)")
-    try:
-        episodes = load_records(failures, Episode)
-    except ValueError as exc:
-        _fail(str(exc))
-    lm = make_extractor_lm(cfg.hints.extractor, base, model_name=Path(base_path).name)
-    try:
-        result = compile_extractor(
-            cfg, episodes, lm, teacher, tasks=tasks, samples=samples, max_failures=max_failures, max_demos=max_demos
+        result = optimize_extractor(
+            cfg, failures, tasks=tasks, samples=samples, max_failures=max_failures, max_demos=max_demos
         )
-    except ValueError as exc:
+    except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
     for call in result.calls:
         console.print(f"uplift {call.uplift:+.3f}  {call.category}  {' | '.join(call.hints) or '(no valid hints)'}")

@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 def utcnow() -> datetime:
@@ -34,28 +34,72 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ToolFunction(Record):
+    name: str = Field(min_length=1)
+    arguments: str = "{}"  # JSON text, as OpenAI's API sends it (an importer turns an object into text)
+
+
+class ToolCall(Record):
+    """One function call of an assistant turn, in OpenAI's function-calling shape."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class Message(Record):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """A chat message. Text games use system/user/assistant with text; tool-calling agents add
+    `tool_calls` on assistant turns and `tool` messages answering them by `tool_call_id`."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None  # the tool's name on a `tool` message
+
+    @model_serializer(mode="wrap")
+    def _lean(self, handler):
+        """Leave out empty tool fields, so text messages serialise (and hash) exactly as before tools existed."""
+        data = handler(self)
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if not data.get(key):
+                data.pop(key, None)
+        return data
 
 
 class Step(Record):
-    """One agent decision: what it saw, what it said, what the environment did with it."""
+    """One agent decision: what it saw, what it said, what the environment did with it.
+
+    A text-game step picks `action` among `valid_actions`. A chat step is one assistant turn:
+    `response` is its text, `tool_calls` its calls (`action` their canonical text), and
+    `tool_results` the `tool` messages (or user reply) the environment answered with.
+    """
 
     index: int
     observation: str
-    valid_actions: list[str]
+    valid_actions: list[str] = Field(default_factory=list)
     prompt: list[Message]
     response: str
     action: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reward: float = 0.0
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_results: list[Message] = Field(default_factory=list)
+    malformed_tool_call: str = ""  # why the reply could not be parsed as tool calls ('' = fine)
+
+
+EPISODE_SCHEMA_VERSION = 2  # 1: text-game steps only (no tools); 2: chat turns with tool calls
 
 
 class Episode(Record):
-    """One attempt at one task, with its verifiable outcome."""
+    """One attempt at one task, with its verifiable outcome.
 
+    `schema_version` 1 records (written before tools existed) read as version 2: every tool field
+    defaults to empty, so old datasets stay readable (`migrate_episode`).
+    """
+
+    schema_version: int = EPISODE_SCHEMA_VERSION
     episode_id: str
     env: str
     category: str
@@ -75,6 +119,20 @@ class Episode(Record):
     wall_time_s: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
     source: str = "rollout"  # rollout | trace-file | mlflow-trace
+    tools: list[dict] = Field(default_factory=list)  # the tool (function) schemas the agent ran with
+    verdict_by: str = ""  # who decided success: env verifier | a team's verifier | judge:<model>
+
+    @model_validator(mode="before")
+    @classmethod
+    def migrate_episode(cls, data):
+        """Read older schema versions: v1 has no tool fields and no version number."""
+        if isinstance(data, dict) and "schema_version" not in data:
+            data = {**data, "schema_version": EPISODE_SCHEMA_VERSION}
+        if isinstance(data, dict) and data.get("schema_version", 0) > EPISODE_SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {data['schema_version']} is newer than this r2w reads ({EPISODE_SCHEMA_VERSION})"
+            )
+        return data
 
     @property
     def prompt_tokens(self) -> int:

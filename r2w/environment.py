@@ -7,7 +7,9 @@ Splits (train/dev/test) are the benchmark's own seed folds, so held-out means he
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
+
+from r2w.contracts import Message
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,11 @@ class TaskSpec:
     category: str
     split: str
     seed: int
+    name: str = ""  # the environment's own task id, when it has one (e.g. BFCL's "simple_python_12")
 
     @property
     def task_id(self) -> str:
-        return f"{self.env}/{self.category}/{self.split}/{self.seed}"
+        return f"{self.env}/{self.category}/{self.split}/{self.name or self.seed}"
 
 
 @dataclass
@@ -54,3 +57,53 @@ class EnvironmentFactory(Protocol):
     def tasks(self, split: str, n: int, offset: int = 0) -> list[TaskSpec]: ...
 
     def make(self) -> Environment: ...
+
+
+# ---------------------------------------------------------------------------------------------- chat seam
+# Tool-calling chat agents: the environment speaks in chat messages (OpenAI function-calling shape).
+# A team implements `ChatEnvironmentFactory` in its own package and names it in the config
+# (`env.name: mypkg.envs:Desk`, with `env.options` passed to it as keyword arguments).
+
+
+@dataclass
+class ChatStart:
+    """The first messages of a task (a system message is optional; r2w adds its own system prompt
+    and the hints block) and the tools the agent may call, as OpenAI function schemas:
+    `{"type": "function", "function": {"name", "description", "parameters": <JSON schema>}}`."""
+
+    messages: list[Message]
+    tools: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TurnResult:
+    """What the environment answers to one assistant turn: `tool` messages for its calls (with
+    `tool_call_id`) and/or a user message; done/success/score come from the environment's verifier."""
+
+    messages: list[Message] = field(default_factory=list)
+    done: bool = False
+    success: bool = False
+    score: float = 0.0
+
+
+class ChatEnvironment(Protocol):
+    """One live episode of a tool-calling task (stateful: tools may change its state)."""
+
+    def reset(self, task: TaskSpec) -> ChatStart: ...
+
+    def step(self, turn: Message) -> TurnResult: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChatEnvironmentFactory(Protocol):
+    """Lists task ids per split and makes live environments. Splits must never share a task."""
+
+    name: str
+    category: str
+    kind: Literal["chat"]
+
+    def tasks(self, split: str, n: int, offset: int = 0) -> list[TaskSpec]: ...
+
+    def make(self) -> ChatEnvironment: ...

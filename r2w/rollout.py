@@ -22,7 +22,7 @@ from rapidfuzz import fuzz, process
 from tqdm.auto import tqdm
 
 from r2w.agent_prompt import build_messages, render_hints_block
-from r2w.backends.base import GenerationBackend, SamplingParams
+from r2w.backends.base import GenerationBackend, SamplingParams, ScoringBackend
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, Hint, Message, Step, content_hash
 from r2w.environment import EnvironmentFactory, Observation, TaskSpec
@@ -80,7 +80,7 @@ class LLMPolicy:
         self.history, self.constrained = history, constrained
         if selection not in ("generate", "score"):
             raise ValueError(f"agent.action_selection: expected 'generate' or 'score', got {selection!r}")
-        if selection == "score" and not callable(getattr(backend, "score", None)):
+        if selection == "score" and not isinstance(backend, ScoringBackend):
             raise ValueError(
                 f"agent.action_selection=score: the {backend.name} backend cannot score actions "
                 "(set models.backend=transformers)"
@@ -89,7 +89,7 @@ class LLMPolicy:
         self._rng = random.Random(params.seed)
         self.answer_params = dataclasses.replace(params, max_tokens=answer_max_tokens or params.max_tokens)
         # Which weights produced an episode: the backend's identity (model path, adapter, dtype, seed).
-        self.model_id = str(getattr(backend, "identity", getattr(backend, "name", "")))
+        self.model_id = backend.identity
 
     def prompt_for(self, state: EpisodeState) -> list[Message]:
         recent = state.history[-self.history :] if self.history else []

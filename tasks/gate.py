@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from peft import PeftModel
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
+from transformers import AutoModelForCausalLM
 
 from evaluation.canary import canary_leaks
 from evaluation.environments import make_environment
@@ -28,6 +31,7 @@ from evaluation.retention import (
     mean_kl,
     mean_nll,
 )
+from r2w.backends.hf import TransformersBackend
 from r2w.caching import expensive_stage
 from r2w.config import EnvConfig, R2WConfig
 from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, GateReport, PolicyScore
@@ -123,29 +127,27 @@ def measure_retention(cfg: R2WConfig, base_backend, student_model) -> dict[str, 
 
 def logits_model(backend, dtype: str):
     """A transformers model with the backend's weights: retention needs logits, which vLLM does not expose."""
-    import torch
-
-    model = getattr(backend, "model", None)
-    if isinstance(model, torch.nn.Module):
-        return model
-    path = getattr(backend, "model_path", None)
+    if isinstance(backend, TransformersBackend):
+        return backend.model  # the weights already in memory
+    path = backend.model_path
     if path is None:
         raise ValueError(f"retention: the {backend.name} backend has no local weights to compute logits from")
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    adapter = getattr(backend, "adapter_path", None)
+    adapter = backend.adapter_path
     if adapter is not None:  # a LoRA student served by vLLM: the same adapter on the same base
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, str(adapter))
     return model.eval()
 
 
 def gate(
-    cfg: R2WConfig, evaluation: EvaluationResult, leakage: dict[str, int], out_dir: Path, lineage: Lineage
+    cfg: R2WConfig,
+    evaluation: EvaluationResult,
+    leakage: dict[str, int],
+    out_dir: Path,
+    lineage: Lineage | dict[str, str],
 ) -> tuple[GateReport, Path]:
     """Apply the configured gate policy and write the report (markdown, JSON, plot) to out_dir."""
+    lineage = Lineage.model_validate(lineage)
     report = apply_gates(
         cfg.gate,
         evaluation.scores,

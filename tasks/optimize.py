@@ -39,11 +39,15 @@ from evaluation.environments import make_environment
 from prompts.hints import HintExtractor, parse_hints
 from prompts.optimize import save_program, to_example
 from r2w.agent_prompt import render_hints_block
-from r2w.backends import GenerationBackend
+from r2w.backends import GenerationBackend, agent_backends
+from r2w.backends.dspy_lm import make_extractor_lm
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, Hint
+from r2w.datasets import load_records
 from r2w.environment import TaskSpec
 from r2w.rollout import agent_policy, run_episodes
+from r2w.runtime import set_torch_threads
+from tasks.collect import collect_failures
 from tasks.hints import select_failures
 
 
@@ -177,4 +181,30 @@ def compile_extractor(
         training_failures=len(chosen),
         episodes_played=metric.episodes_played,
         calls=metric.calls,
+    )
+
+
+def optimize_extractor(
+    cfg: R2WConfig,
+    failures: Path | None = None,
+    tasks: int = 2,
+    samples: int = 1,
+    max_failures: int | None = None,
+    max_demos: int = 2,
+) -> CompileResult:
+    """`r2w hints optimize`: compile the extractor on a failures dataset (default: the newest one; none
+    collected yet: the base agent plays `collect.episodes` training games first)."""
+    set_torch_threads(cfg.runtime.torch_threads)
+    models = agent_backends(cfg)
+    if failures is None:
+        found = sorted(
+            (cfg.data_path / "datasets" / "failures").glob("*/data.parquet"), key=lambda p: p.stat().st_mtime
+        )
+        failures = found[-1].parent if found else Path(collect_failures(cfg, models.base).failures.path)
+    if not (failures / "manifest.json").is_file():
+        raise ValueError(f"--failures {failures}: not a dataset folder (no manifest.json)")
+    episodes = load_records(failures, Episode)
+    lm = make_extractor_lm(cfg.hints.extractor, models.base, model_name=models.base_path.name)
+    return compile_extractor(
+        cfg, episodes, lm, models.teacher, tasks=tasks, samples=samples, max_failures=max_failures, max_demos=max_demos
     )

@@ -277,7 +277,8 @@ def test_render_trajectory_keeps_last_steps() -> None:
 class ScriptedBackend:
     """A GenerationBackend that answers with fixed text, to drive DSPy's real adapters."""
 
-    name = "scripted"
+    name = identity = "scripted"  # a named fake (no weights)
+    model_path = adapter_path = None
 
     def __init__(self, answers: list[str]) -> None:
         self.answers = list(answers)

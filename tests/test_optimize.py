@@ -23,7 +23,8 @@ HINT = "WHEN a {container} is closed: open the {container} before putting anythi
 class ScriptedBackend:
     """A GenerationBackend with fixed answers, standing in for an extractor LM that follows the format."""
 
-    name = "scripted"
+    name = identity = "scripted"  # a named fake (no weights)
+    model_path = adapter_path = None
 
     def __init__(self, answers: list[str]) -> None:
         self.answers = list(answers)

@@ -9,7 +9,8 @@ under the same action mapping.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from r2w.contracts import Message
 
@@ -55,8 +56,19 @@ def check_choices(prompts: list, choices: list[list[str]] | None) -> None:
         raise ValueError(f"choices: expected one list per prompt ({len(prompts)}), got {len(choices)}")
 
 
+@runtime_checkable
 class GenerationBackend(Protocol):
+    """What every caller may use. `identity` names the weights (model path, adapter hash, dtype, seed): it
+    enters Prefect cache keys and every episode's provenance. `model_path`/`adapter_path` are the local
+    weights (None for a remote server): retention and canary probes compute logits from them."""
+
     name: str
+    identity: str
+    model_path: Path | None
+    adapter_path: Path | None
+
+    @property
+    def tokenizer(self) -> Any: ...  # the model's own tokenizer and chat template (raises for a remote server)
 
     def generate(
         self,
@@ -66,3 +78,10 @@ class GenerationBackend(Protocol):
     ) -> list[Completion]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ScoringBackend(GenerationBackend, Protocol):
+    """A backend that can score given replies by log-likelihood (`agent.action_selection: score`)."""
+
+    def score(self, prompts: list[list[Message]], choices: list[list[str]]) -> list[ChoiceScores]: ...

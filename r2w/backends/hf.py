@@ -46,6 +46,8 @@ class TransformersBackend:
         self.seed = seed
         self._calls = 0
         self.micro_batch = MICRO_BATCH
+        self.model_path = Path(model_path)
+        self.adapter_path = Path(adapter_path) if adapter_path is not None else None
         self.identity = f"transformers:{Path(model_path).resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}"
 
     def close(self) -> None:

@@ -57,7 +57,8 @@ class ObedientFakeLM:
     the worst case of a model reading untrusted text. Without an instruction it writes one
     harmless lesson, or the scripted `answer` when given."""
 
-    name = "obedient-fake"
+    name = identity = "obedient-fake"  # a named fake (no weights)
+    model_path = adapter_path = None
 
     def __init__(self, answer: str | None = None) -> None:
         self.answer = answer
@@ -155,7 +156,8 @@ class HintObeyingFakeBackend:
     (random play wins twc about a third of the time); with a hints block it obeys the planted hint
     ("... type inventory"), which never wins. Logits (retention) come from the real tiny model."""
 
-    name = "hint-obeying-fake"
+    name = identity = "hint-obeying-fake"  # a named fake (no weights)
+    model_path = adapter_path = None
 
     def __init__(self, real) -> None:
         import random
