@@ -8,6 +8,7 @@ system message, which is delimited so it can be removed and its removal verified
 from __future__ import annotations
 
 from r2w.contracts import Hint, Message
+from r2w.tool_calls import as_text_messages, render_tools_block
 
 PROMPT_VERSION = "agent-v1"
 
@@ -17,7 +18,19 @@ SYSTEM = (
 )
 # Free-text variant for tasks with no valid actions (reasoning_gym): one question, one answer.
 SYSTEM_ANSWER = "You solve problems. Reply with only the final answer, nothing else."
+# Tool-calling chat tasks: this, then the task's tools (r2w/tool_calls.py), then the hints block.
+SYSTEM_CHAT = (
+    "You are an assistant that completes the user's request. Call the tools you need with the exact "
+    "arguments the request gives; when the request is done, reply with a short answer and no tool call."
+)
 BASE_SYSTEMS = (SYSTEM, SYSTEM_ANSWER)
+
+
+def is_base_system(text: str | None) -> bool:
+    """Whether a (de-hinted) system message is one the base agent uses: a text-game, answer or chat prompt."""
+    return text is not None and (text in BASE_SYSTEMS or text.startswith(SYSTEM_CHAT))
+
+
 HINTS_OPEN = "\n\n### Hints from past attempts\n"
 HINTS_CLOSE = "\n### End of hints"
 
@@ -59,6 +72,15 @@ def build_messages(
         + "Next action:"
     )
     return [Message(role="system", content=SYSTEM + hints_block), Message(role="user", content=user)]
+
+
+def build_chat_messages(conversation: list[Message], tools: list[dict], hints_block: str = "") -> list[Message]:
+    """The prompt for the next assistant turn of a tool-calling task: r2w's system prompt with the tools
+    and the hints block, then the task's own messages (its system message, if any, joins r2w's)."""
+    own_system = "\n\n".join(m.content for m in conversation if m.role == "system")
+    system = SYSTEM_CHAT + (f"\n\n{own_system}" if own_system else "") + render_tools_block(tools) + hints_block
+    rest = as_text_messages([m for m in conversation if m.role != "system"])
+    return [Message(role="system", content=system), *rest]
 
 
 def strip_hints_block(messages: list[Message]) -> list[Message]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,8 +48,19 @@ class ModelsConfig(Section):
         return self
 
 
+BUILTIN_ENVIRONMENTS = ("twx", "reasoning_gym", "bfcl")
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 class EnvConfig(Section):
-    name: Literal["twx", "reasoning_gym"] = "twx"
+    name: str = Field(
+        "twx",
+        description="twx | reasoning_gym | bfcl | a team's environment factory as 'package.module:Factory'",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the environment factory (bfcl, a team's plugin)"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="a plugin's reset/step must answer within this many seconds")
     game: str = Field("twc", description="twx: one of its 8 game types")
     params: str | None = Field(
         None, description="twx game parameters ('' = TWX's own); null = small per-game defaults (environments/twx.py)"
@@ -62,6 +73,16 @@ class EnvConfig(Section):
         default_factory=dict, description="reasoning_gym: per-family dataset config, e.g. {leg_counting: {...}}"
     )
     success_threshold: float = Field(1.0, gt=0, le=1, description="reasoning_gym: score_answer >= this is success")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if name not in BUILTIN_ENVIRONMENTS and not _IMPORT_PATH.fullmatch(name):
+            raise ValueError(
+                f"env.name: {name!r} is neither a built-in environment {list(BUILTIN_ENVIRONMENTS)} "
+                "nor an import path 'package.module:Factory'"
+            )
+        return name
 
     @model_validator(mode="after")
     def _families(self) -> EnvConfig:

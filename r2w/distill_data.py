@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from rapidfuzz import fuzz
 
-from r2w.agent_prompt import BASE_SYSTEMS, HINTS_CLOSE, HINTS_OPEN, strip_hints_block
+from r2w.agent_prompt import HINTS_CLOSE, HINTS_OPEN, is_base_system, strip_hints_block
 from r2w.config import DistillConfig
 from r2w.contracts import DistillExample, Episode, Hint, Message, content_hash
 
@@ -37,7 +37,7 @@ def student_prompt(teacher_prompt: list[Message], hints_block: str) -> tuple[lis
         raise PromptMismatchError("a hints marker survived strip_hints_block (block outside the system message?)")
     system = [m for m in prompt if m.role == "system"]
     base_system = system[0].content if len(system) == 1 else None
-    if base_system not in BASE_SYSTEMS:  # the action prompt, or the free-text answer prompt (reasoning_gym)
+    if not is_base_system(base_system):  # the action, free-text answer (reasoning_gym) or tool-calling chat prompt
         raise PromptMismatchError("de-hinted system message differs from the base agent's system prompt")
     teacher_system = next(m.content for m in teacher_prompt if m.role == "system")
     if teacher_system != base_system + hints_block:

@@ -21,11 +21,12 @@ from typing import Protocol
 from rapidfuzz import fuzz, process
 from tqdm.auto import tqdm
 
-from r2w.agent_prompt import build_messages, render_hints_block
+from r2w.agent_prompt import build_chat_messages, build_messages, render_hints_block
 from r2w.backends.base import GenerationBackend, SamplingParams, ScoringBackend
 from r2w.config import R2WConfig
-from r2w.contracts import Episode, Hint, Message, Step, content_hash
-from r2w.environment import EnvironmentFactory, Observation, TaskSpec
+from r2w.contracts import Episode, Hint, Message, Step, ToolCall, ToolFunction, content_hash
+from r2w.environment import ChatEnvironmentFactory, EnvironmentFactory, Observation, TaskSpec, TurnResult
+from r2w.tool_calls import parse_tool_calls, render_turn
 
 
 @dataclass
@@ -42,12 +43,33 @@ class EpisodeState:
 
 
 @dataclass
+class ChatState:
+    """One live tool-calling episode: the task's conversation so far and the tools it offers."""
+
+    task: TaskSpec
+    conversation: list[Message]
+    tools: list[dict]
+    hints_block: str = ""
+    hint_ids: list[str] = field(default_factory=list)
+    sample_index: int = 0
+    steps: list[Step] = field(default_factory=list)
+    result: TurnResult = field(default_factory=TurnResult)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def task_text(self) -> str:
+        return next((m.content for m in self.conversation if m.role == "user"), "")
+
+
+@dataclass
 class Decision:
     action: str
     response: str
     prompt: list[Message]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    turn: Message | None = None  # chat tasks: the parsed assistant turn (text and tool calls)
+    malformed: str = ""  # chat tasks: why the reply's tool calls did not parse
 
 
 HintProvider = Callable[[TaskSpec, str, Observation], tuple[list[str], str]]
@@ -122,6 +144,27 @@ class LLMPolicy:
                 )
         return decisions  # type: ignore[return-value]
 
+    def act_chat(self, states: list[ChatState]) -> list[Decision]:
+        """One assistant turn per live chat episode: free text with tool calls, parsed (never constrained)."""
+        prompts = [build_chat_messages(s.conversation, s.tools, s.hints_block) for s in states]
+        completions = self.backend.generate(prompts, self.answer_params)
+        decisions = []
+        for state, prompt, c in zip(states, prompts, completions, strict=True):
+            parsed = parse_tool_calls(c.texts[0], len(state.steps))
+            turn = Message(role="assistant", content=parsed.content, tool_calls=parsed.calls)
+            decisions.append(
+                Decision(
+                    action=render_turn(turn) if not parsed.error else c.texts[0].strip(),
+                    response=c.texts[0],
+                    prompt=prompt,
+                    prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens[0] if c.completion_tokens else 0,
+                    turn=turn,
+                    malformed=parsed.error,
+                )
+            )
+        return decisions
+
     def _score(self, states: list[EpisodeState], prompts: list[list[Message]]) -> list[Decision]:
         """Action selection by likelihood: argmax when greedy, else a draw with p ~ exp(logp / T)."""
         scored = self.backend.score(prompts, [s.obs.valid_actions for s in states])
@@ -161,6 +204,16 @@ class RandomPolicy:
     def act(self, states: list[EpisodeState]) -> list[Decision]:
         actions = [self.rng.choice(s.obs.valid_actions) if s.obs.valid_actions else "" for s in states]
         return [Decision(action=a, response=a, prompt=[]) for a in actions]
+
+    def act_chat(self, states: list[ChatState]) -> list[Decision]:
+        """The trivial tool baseline: one randomly chosen tool, called with no arguments."""
+        out = []
+        for state in states:
+            names = [t.get("function", t).get("name", "") for t in state.tools]
+            calls = [ToolCall(id=f"call_{len(state.steps)}_0", function=ToolFunction(name=self.rng.choice(names)))]
+            turn = Message(role="assistant", tool_calls=calls if names else [])
+            out.append(Decision(action=render_turn(turn), response=render_turn(turn), prompt=[], turn=turn))
+        return out
 
 
 def map_to_valid_action(text: str, valid_actions: list[str]) -> str:
@@ -225,7 +278,8 @@ def play(
     With `retrieve`, each episode gets the top `hints.k` hints in its system prompt (the
     base+hints and teacher policies); without it the episode is hint-free.
     """
-    return run_episodes(
+    runner = run_chat_episodes if getattr(factory, "kind", "text") == "chat" else run_episodes
+    return runner(
         factory,
         [(t, i) for t in tasks for i in range(samples)],
         policy,
@@ -306,6 +360,109 @@ def run_episodes(
         for env in envs:
             env.close()
     return episodes
+
+
+def run_chat_episodes(
+    factory: ChatEnvironmentFactory,
+    jobs: list[tuple[TaskSpec, int]],
+    policy: Policy,
+    max_steps: int,
+    batch_size: int = 16,
+    config_hash: str = "",
+    desc: str = "rollout",
+    hints_for: HintProvider | None = None,
+    avoid_losing_actions: bool = False,
+) -> list[Episode]:
+    """Tool-calling tasks in lockstep batches: each round, every live episode gets one assistant turn and
+    the environment answers it (tool results or a user message) until its verifier says done or
+    `max_steps` turns have passed. `avoid_losing_actions` has no meaning here (no action set)."""
+    episodes: list[Episode] = []
+    envs = [factory.make() for _ in range(min(batch_size, len(jobs)))]
+    bar = tqdm(total=len(jobs), desc=desc, unit="ep", leave=False)
+    try:
+        for start in range(0, len(jobs), len(envs) or 1):
+            states = []
+            for env, (task, sample) in zip(envs, jobs[start : start + len(envs)], strict=False):
+                opened = env.reset(task)
+                state = ChatState(task, list(opened.messages), list(opened.tools), sample_index=sample)
+                if hints_for:
+                    state.hint_ids, state.hints_block = hints_for(
+                        task, state.task_text, Observation(state.task_text, [])
+                    )
+                states.append(state)
+            live = list(range(len(states)))
+            for _ in range(max_steps):
+                if not live:
+                    break
+                decisions = policy.act_chat([states[i] for i in live])
+                still = []
+                for i, d in zip(live, decisions, strict=True):
+                    st, turn = states[i], d.turn or Message(role="assistant", content=d.response)
+                    result = envs[i].step(turn)
+                    st.steps.append(
+                        Step(
+                            index=len(st.steps),
+                            observation=st.conversation[-1].content if st.conversation else "",
+                            prompt=d.prompt,
+                            response=d.response,
+                            action=d.action,
+                            prompt_tokens=d.prompt_tokens,
+                            completion_tokens=d.completion_tokens,
+                            reward=result.score if result.done else 0.0,
+                            tool_calls=turn.tool_calls,
+                            tool_results=result.messages,
+                            malformed_tool_call=d.malformed,
+                        )
+                    )
+                    st.conversation += [turn, *result.messages]
+                    st.result = result
+                    if not result.done:
+                        still.append(i)
+                live = still
+            for st in states:
+                episodes.append(_chat_episode(st, policy.name, config_hash, getattr(policy, "model_id", policy.name)))
+                bar.update()
+                bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+    return episodes
+
+
+def _chat_episode(st: ChatState, policy: str, config_hash: str, model: str) -> Episode:
+    outcome = "success" if st.result.success else ("failure" if st.result.done else "step limit")
+    eid = content_hash(
+        {
+            "task": st.task.task_id,
+            "policy": policy,
+            "sample": st.sample_index,
+            "hints": st.hint_ids,
+            "actions": [s.action for s in st.steps],
+            "cfg": config_hash,
+        }
+    )
+    return Episode(
+        episode_id="e-" + eid[:16],
+        env=st.task.env,
+        category=st.task.category,
+        task_id=st.task.task_id,
+        split=st.task.split,
+        seed=st.task.seed,
+        task=st.task_text,
+        steps=st.steps,
+        success=st.result.success,
+        score=st.result.score,
+        outcome=outcome,
+        policy=policy,
+        model=model,
+        hint_ids=st.hint_ids,
+        sample_index=st.sample_index,
+        config_hash=config_hash,
+        wall_time_s=round(time.perf_counter() - st.started, 3),
+        tools=st.tools,
+        verdict_by=f"environment:{st.task.env}",
+    )
 
 
 def without_actions(obs: Observation, banned: set[str]) -> Observation:

@@ -5,14 +5,20 @@ from __future__ import annotations
 from evaluation.environments.reasoning_gym import ReasoningGymFactory
 from evaluation.environments.twx import TWXFactory
 from r2w.config import EnvConfig
-from r2w.environment import Environment, EnvironmentFactory, Observation, TaskSpec
+from r2w.environment import ChatEnvironmentFactory, Environment, EnvironmentFactory, Observation, TaskSpec
+from r2w.plugins import load_chat_environment
 
 __all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make_environment"]
 
 
-def make_environment(cfg: EnvConfig) -> EnvironmentFactory:
+def make_environment(cfg: EnvConfig) -> EnvironmentFactory | ChatEnvironmentFactory:
+    """The configured environment: a built-in one, or a team's factory named by import path (guarded)."""
+    if ":" in cfg.name:
+        return load_chat_environment(cfg.name, cfg.options, cfg.timeout_s)
     if cfg.name == "twx":
         return TWXFactory(cfg.game, cfg.params, cfg.max_steps)
     if cfg.name == "reasoning_gym":
         return ReasoningGymFactory(cfg.families, cfg.family_kwargs, cfg.success_threshold)
-    raise ValueError(f"env.name: unknown environment {cfg.name!r} (expected 'twx' or 'reasoning_gym')")
+    raise ValueError(
+        f"env.name: unknown environment {cfg.name!r} (expected 'twx', 'reasoning_gym', 'bfcl' or 'pkg.mod:Factory')"
+    )
