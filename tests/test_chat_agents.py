@@ -167,3 +167,34 @@ def test_seam_only_environment_runs_the_whole_pipeline_on_the_tiny_model(tmp_pat
     examples = [e for d in (data / "distill-examples").iterdir() for e in load_records(d, DistillExample)]
     assert examples and all(e.prompt[0].content.startswith(SYSTEM_CHAT) for e in examples)
     assert not any(HINTS_OPEN in m.content for e in examples for m in e.prompt)  # hint-free inputs
+
+
+def test_the_readme_bring_your_own_agent_page_works_as_written(tmp_path, monkeypatch, tiny_model):
+    """Copy the example environment into a package, write the README's config, run `r2w run` (tiny model)."""
+    import re
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    repo = Path(__file__).resolve().parent.parent
+    page = (repo / "README.md").read_text().split("## Bring your own agent", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "mydesk").mkdir()
+    (tmp_path / "mydesk" / "__init__.py").write_text("")
+    shutil.copy(repo / "evaluation/environments/examples/helpdesk.py", tmp_path / "mydesk" / "desk.py")  # step 1
+    config = re.search(r"```yaml\n(.*?)```", page, re.DOTALL).group(1)  # step 2, as written
+    (tmp_path / "mydesk.yaml").write_text(config)
+    monkeypatch.syspath_prepend(str(tmp_path))  # step 3: PYTHONPATH=.
+    sets = [f"data_dir={tmp_path / 'data'}", f"models.base={tiny_model}", "teach.tasks=4", "collect.episodes=4",
+            "agent.answer_max_new_tokens=16"]  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["run", "--config", str(tmp_path / "mydesk.yaml"), *[a for s in sets for a in ("--set", s)]]
+    )
+    assert result.exit_code == 0, result.output
+    failures = [e for d in (tmp_path / "data/datasets/failures").iterdir() for e in load_records(d, Episode)]
+    assert (
+        failures
+        and {e.env for e in failures} == {"helpdesk"}
+        and failures[0].tools[0]["function"]["name"] == "lookup_order"
+    )

@@ -17,6 +17,8 @@ LAYERS = ["r2w", "prompts", "evaluation", "tasks", "flows"]
 # The one import-order rule (r2w/runtime.py): entry points configure the environment before they import
 # modules that pull in prefect, mlflow, dspy or huggingface_hub, which read their settings at import.
 ENTRY_POINTS = ("flows/cli.py", "evaluation/benchmarks/")
+# Modules that need an optional extra (vLLM: `pip install 'r2w[vllm]'`) are imported only when chosen.
+OPTIONAL_EXTRAS = ("r2w.backends.vllm_choice",)
 
 
 def scan(root: Path) -> tuple[list[str], list[str]]:
@@ -47,7 +49,7 @@ def scan(root: Path) -> tuple[list[str], list[str]]:
                     where = f"{rel}:{node.lineno} -> {module}"
                     if rank[top] > rank[layer]:
                         upward.append(where)
-                    if id(node) in in_function and not rel.startswith(ENTRY_POINTS):
+                    if id(node) in in_function and not rel.startswith(ENTRY_POINTS) and module not in OPTIONAL_EXTRAS:
                         local.append(where)
     return upward, local
 

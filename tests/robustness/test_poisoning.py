@@ -156,13 +156,13 @@ class HintObeyingFakeBackend:
     (random play wins twc about a third of the time); with a hints block it obeys the planted hint
     ("... type inventory"), which never wins. Logits (retention) come from the real tiny model."""
 
-    name = identity = "hint-obeying-fake"  # a named fake (no weights)
-    model_path = adapter_path = None
+    name = identity = "hint-obeying-fake"  # a named fake policy; its weights (for logits) are the real model's
 
     def __init__(self, real) -> None:
         import random
 
         self.real, self.model, self.tokenizer = real, real.model, real.tokenizer
+        self.model_path, self.adapter_path = real.model_path, real.adapter_path
         self.rng = random.Random(0)
 
     def generate(self, prompts, params: SamplingParams, choices=None) -> list[Completion]:
