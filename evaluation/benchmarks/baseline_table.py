@@ -1,6 +1,6 @@
 """Baseline: the base SmolLM2 agent per TextWorldExpress game type and per reasoning-gym family.
 
-The agent is the pipeline's own (`tasks.collect.agent_policy` on the demo config: greedy (and with
+The agent is the pipeline's own (`r2w.rollout.agent_policy` on the demo config: greedy (and with
 `--sampled` one temperature-1 sample),
 replies constrained to the valid actions, 3 history turns; free-text answers of up to
 `agent.answer_max_new_tokens` tokens on reasoning-gym). Each suite is played on the first

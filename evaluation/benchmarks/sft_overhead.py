@@ -3,7 +3,7 @@
 Three runs on the same fixed synthetic agent-style prompt/completion set (64 examples), same LoRA and
 trainer settings, N optimizer steps each:
 
-1. r2w `tasks.distill.train_sft` (checkpoints, adapter + merged save, round-trip verification);
+1. r2w `r2w.trainers.train_sft` (checkpoints, adapter + merged save, round-trip verification);
 2. a bare TRL `SFTTrainer` script with identical settings (same checkpoint interval, no save/merge/verify);
 3. the bare script with `padding_free=True` (sequences of a batch flattened into one row; transformers
    builds a block-diagonal mask from position_ids, so sequences still do not attend to each other).
