@@ -35,12 +35,19 @@ _OFFLINE_DEFAULTS = {
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 
 
+def configure_process() -> None:
+    """The half of `configure_environment` that needs no data dir: offline flags, OMP_WAIT_POLICY (which
+    libgomp reads once, when torch loads) and malloc limits. Never overrides the user's; idempotent."""
+    for key, value in _OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    limit_heap_fragmentation()
+
+
 def configure_environment(data_dir: str | Path) -> Path:
     """Set offline defaults (never overriding the user's) and put every cache under data_dir."""
     data = Path(data_dir).expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True)
-    for key, value in _OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    configure_process()
     caches = {
         "PREFECT_HOME": data / "prefect",
         "DSPY_CACHEDIR": data / "cache" / "dspy",
@@ -51,7 +58,6 @@ def configure_environment(data_dir: str | Path) -> Path:
     }
     for key, path in caches.items():
         os.environ.setdefault(key, str(path))
-    limit_heap_fragmentation()
     return data
 
 

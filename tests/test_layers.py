@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = ["r2w", "prompts", "evaluation", "tasks", "flows"]
 # The one import-order rule (r2w/runtime.py): entry points configure the environment before they import
 # modules that pull in prefect, mlflow, dspy or huggingface_hub, which read their settings at import.
-ENTRY_POINTS = ("flows/cli.py", "evaluation/benchmarks/")
+# The benchmarks keep it in one place (evaluation/benchmarks/common.py) and import project modules at the top.
+ENTRY_POINTS = ("flows/cli.py",)
 # Modules that need an optional extra (vLLM: `pip install 'r2w[vllm]'`) are imported only when chosen.
 OPTIONAL_EXTRAS = ("r2w.backends.vllm_choice",)
 

@@ -10,9 +10,14 @@ recomputes each task's gold answer from the same reasoning-gym generator.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import defaultdict
+
+from evaluation.benchmarks import common
+from evaluation.environments import TaskSpec, make_environment
+from r2w.config import load_config
+from r2w.contracts import Episode
+from r2w.datasets import load_records
 
 
 def contains_answer(reply: str, gold: str) -> bool:
@@ -21,17 +26,12 @@ def contains_answer(reply: str, gold: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--episodes", required=True, help="an eval-episodes dataset folder")
     args = parser.parse_args(argv)
-
-    from evaluation.environments import TaskSpec, make_environment
-    from r2w.config import load_config
-    from r2w.contracts import Episode
-    from r2w.datasets import load_records
-
     cfg = load_config(args.config)
+    common.setup(cfg.data_dir)  # offline settings and caches under the config's data dir, before environments load
     factory = make_environment(cfg.env)
     env = factory.make()
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "strict": 0, "contains": 0})

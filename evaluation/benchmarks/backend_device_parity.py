@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
+
+from evaluation.benchmarks import common
+from r2w.agent_prompt import build_messages
+from r2w.backends import SamplingParams, TransformersBackend
+from r2w.models import resolve_model
 
 
 def prompts_and_choices(n: int) -> tuple[list, list[list[str]]]:
     """Agent-style chat prompts with 3-6 valid actions each (deterministic)."""
-    from r2w.agent_prompt import build_messages
-
     objects = ["apple", "sock", "plate", "book", "mug", "towel"]
     places = ["fridge", "drawer", "shelf", "basket", "table", "sink"]
     prompts, choices = [], []
@@ -40,29 +41,22 @@ def measure(model: str, n: int, data_dir: str) -> dict:
     """One device's half: actions, scores and seconds, as JSON-able lists."""
     import torch
 
-    from r2w.backends.base import SamplingParams
-    from r2w.backends.hf import TransformersBackend
-    from r2w.models import resolve_model
-
     backend = TransformersBackend(resolve_model(model, data_dir), dtype="float32")
     prompts, choices = prompts_and_choices(n)
-    started = time.perf_counter()
-    actions = [c.texts[0] for c in backend.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0), choices)]
-    generate_s = time.perf_counter() - started
-    started = time.perf_counter()
-    scores = [s.logprobs for s in backend.score(prompts, choices)]
-    score_s = time.perf_counter() - started
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    generated, generate_s = common.timed(backend.generate, prompts, greedy, choices)
+    scored, score_s = common.timed(backend.score, prompts, choices)
+    actions, scores = [c.texts[0] for c in generated], [s.logprobs for s in scored]
     device = torch.cuda.get_device_name() if backend.device.type == "cuda" else "cpu"
     return {"device": device, "actions": actions, "scores": scores, "generate_s": generate_s, "score_s": score_s}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
+    parser = common.parser(__doc__, model="tiny", data_dir=".r2w")
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--data-dir", default=".r2w")
     parser.add_argument("--half", choices=["cpu", "gpu"], help=argparse.SUPPRESS)  # internal: one device's run
     args = parser.parse_args(argv)
+    common.setup(args.data_dir)  # torch threads left at torch's default, as this benchmark always had them
     if args.half:
         print(json.dumps(measure(args.model, args.prompts, args.data_dir)))
         return 0
@@ -70,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     halves = {}
     for half in ("cpu", "gpu"):
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if half == "cpu" else {})}
-        cmd = [sys.executable, "-m", "evaluation.benchmarks.backend_device_parity", "--half", half, *forwarded]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-        halves[half] = json.loads(out.strip().splitlines()[-1])
+        halves[half] = common.run_half("evaluation.benchmarks.backend_device_parity", ["--half", half, *forwarded], env)
     cpu, gpu = halves["cpu"], halves["gpu"]
     for name, h in halves.items():
         print(f"{name}: {h['device']}: generate {h['generate_s']:.2f} s, score {h['score_s']:.2f} s")

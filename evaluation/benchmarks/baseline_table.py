@@ -1,6 +1,6 @@
 """Baseline: the base SmolLM2 agent per TextWorldExpress game type and per reasoning-gym family.
 
-The agent is the pipeline's own (`tasks.collect.agent_policy` on the demo config: greedy (and with
+The agent is the pipeline's own (`r2w.rollout.agent_policy` on the demo config: greedy (and with
 `--sampled` one temperature-1 sample),
 replies constrained to the valid actions, 3 history turns; free-text answers of up to
 `agent.answer_max_new_tokens` tokens on reasoning-gym). Each suite is played on the first
@@ -18,13 +18,15 @@ Command (repo root, venv active; ~30-60 min on a loaded 2-core CPU):
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from datetime import UTC, datetime
 
-from r2w.datasets import write_json_atomically
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from evaluation.environments import make_environment
+from evaluation.environments.twx import GAME_PARAMS, GAMES
+from evaluation.metrics import score_episodes
+from r2w.config import EnvConfig
+from r2w.rollout import RandomPolicy, agent_policy
 
 # Small instances a 135M model can attempt; the table states them.
 RG_FAMILIES: dict[str, dict] = {
@@ -42,10 +44,7 @@ RG_FAMILIES: dict[str, dict] = {
 }
 
 
-def suites(games: list[str], families: list[str], max_steps: int) -> list[tuple[str, object, str]]:
-    from evaluation.environments.twx import GAME_PARAMS
-    from r2w.config import EnvConfig
-
+def suites(games: list[str], families: list[str], max_steps: int) -> list[tuple[str, EnvConfig, str]]:
     out = [(f"twx/{g}", EnvConfig(game=g, max_steps=max_steps), GAME_PARAMS[g] or "TWX defaults") for g in games]
     for fam in families:
         kwargs = RG_FAMILIES.get(fam, {})
@@ -55,33 +54,25 @@ def suites(games: list[str], families: list[str], max_steps: int) -> list[tuple[
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from evaluation.environments.twx import GAMES
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--n", type=int, default=20, help="test seeds per suite for the agent")
+    parser = common.parser(
+        __doc__,
+        model="smollm2",
+        n=20,
+        n_help="test seeds per suite for the agent",
+        backend=True,
+        data_dir=".r2w",
+        out="JSON file for the rows (rewritten after each suite)",
+    )
     parser.add_argument("--random-n", type=int, default=100, help="test seeds per suite for the random policy")
     parser.add_argument("--max-steps", type=int, default=15)
     parser.add_argument("--games", default=",".join(GAMES))
     parser.add_argument("--families", default=",".join(RG_FAMILIES))
-    parser.add_argument("--backend", default="auto", help="auto (vLLM when installed) | vllm | transformers")
     parser.add_argument("--sampled", action="store_true", help="also one sample at temperature 1 (base sampled)")
-    parser.add_argument("--data-dir", default=".r2w")
-    parser.add_argument("--out", default=None, help="JSON file for the rows (rewritten after each suite)")
     args = parser.parse_args(argv)
+    cfg = common.load("demo", overrides={"data_dir": args.data_dir}, threads=1)
 
-    configure_environment(args.data_dir)
-    set_torch_threads(1)
-    from evaluation.environments import make_environment
-    from evaluation.metrics import score_episodes
-    from r2w.backends import make_backend
-    from r2w.config import load_config
-    from r2w.models import resolve_model
-    from r2w.rollout import RandomPolicy, agent_policy, run_episodes
-
-    cfg = load_config("demo", {"data_dir": args.data_dir})
     dtype = "float32" if args.model == "tiny" else cfg.models.dtype
-    backend = make_backend(args.backend, resolve_model(args.model, args.data_dir), dtype=dtype)
+    backend = common.backend(cfg, args.model, args.backend, dtype=dtype)
     policy = agent_policy(cfg, backend, "base", temperature=0.0)
     sampled = agent_policy(cfg, backend, "base-sampled", temperature=1.0)
     games = [g for g in args.games.split(",") if g]
@@ -92,27 +83,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     print(f"\nbaseline: {args.model}, constrained, max {args.max_steps} steps, test seeds\n")
     print(header + "\n|---|---|---:|---|---|---:|---|---:|", flush=True)
+    suite_cfg = common.variant(cfg, "env", max_steps=args.max_steps)  # the step budget; factories: each suite's env
     for name, env_cfg, params in suites(games, families, args.max_steps):
         factory = make_environment(env_cfg)
-        jobs = [(t, 0) for t in factory.tasks("test", args.n)]
-
-        def play(agent, label: str, factory=factory, jobs=jobs, name=name):
-            return run_episodes(
-                factory, jobs, agent, args.max_steps, min(args.n, 64), config_hash=cfg.hash, desc=f"{name} {label}"
-            )
-
-        start = time.perf_counter()
-        base = play(policy, "base")
-        per_episode = (time.perf_counter() - start) / args.n
-        samp = play(sampled, "base sampled") if args.sampled else None
-        rand = run_episodes(
-            factory,
-            [(t, 0) for t in factory.tasks("test", args.random_n)],
-            RandomPolicy(cfg.runtime.seed),
-            args.max_steps,
-            batch_size=16,
-            desc=f"{name} random",
-        )
+        tasks = factory.tasks("test", args.n)
+        batch = min(args.n, common.BATCH_CAP)
+        base, seconds = common.timed(common.play, suite_cfg, factory, tasks, policy, f"{name} base", batch_size=batch)
+        per_episode = seconds / args.n
+        samp = None
+        if args.sampled:
+            samp = common.play(suite_cfg, factory, tasks, sampled, f"{name} base sampled", batch_size=batch)
+        random_tasks = factory.tasks("test", args.random_n)
+        random_policy = RandomPolicy(cfg.runtime.seed)
+        rand = common.play(suite_cfg, factory, random_tasks, random_policy, f"{name} random", batch_size=16)
         b, r = score_episodes("base", base), score_episodes("random", rand)
         s = score_episodes("base-sampled", samp) if samp is not None else None
         row = {
@@ -125,18 +108,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         }
         rows.append(row)
         print(
-            f"| {name} | `{params}` | {b.n} | {fmt(b)} | {fmt(s) if s else '-'} | {r.n} | {fmt(r)} "
+            f"| {name} | `{params}` | {b.n} | {common.success(b, 0)} | {common.success(s, 0) if s else '-'} "
+            f"| {r.n} | {common.success(r, 0)} "
             f"| {per_episode:.1f} |",
             flush=True,
         )
-        if args.out:
-            meta = {"model": args.model, "max_steps": args.max_steps, "date": datetime.now(UTC).isoformat()}
-            write_json_atomically(args.out, {"meta": meta, "rows": rows})
+        meta = {"model": args.model, "max_steps": args.max_steps, "date": datetime.now(UTC).isoformat()}
+        common.write_out(args.out, {"meta": meta, "rows": rows})
     return rows
-
-
-def fmt(score) -> str:
-    return f"{score.successes}/{score.n} = {score.rate:.0%} ({score.ci_low:.0%}-{score.ci_high:.0%})"
 
 
 if __name__ == "__main__":

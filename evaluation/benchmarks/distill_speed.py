@@ -25,13 +25,20 @@ Command (repo root, venv active; keep smollm2 runs short on a 2-core box):
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from evaluation.benchmarks.sft_overhead import synthetic_examples
+from r2w.agent_prompt import render_hints_block
+from r2w.config import DistillConfig
+from r2w.contracts import DistillExample, Hint
+from r2w.datasets import load_records
+from r2w.models import resolve_model
+from r2w.trainers import train_student
 
 METHODS = ("sft", "dpo", "onpolicy")
 
@@ -70,9 +77,6 @@ def build_architecture(name: str, tokenizer_dir: Path, folder: Path) -> Path:
 
 def stored_examples(folder: str) -> list:
     """A stored distill-examples dataset, every row used for training."""
-    from r2w.contracts import DistillExample
-    from r2w.datasets import load_records
-
     return [e.model_copy(update={"split": "train"}) for e in load_records(folder, DistillExample)]
 
 
@@ -87,10 +91,6 @@ def examples_for(method: str, stored: list | None, folder: str | None) -> list:
 
 def method_examples(method: str) -> list:
     """The shared synthetic set, with a rejected action (DPO) or the teacher's hints block (on-policy)."""
-    from evaluation.benchmarks.sft_overhead import synthetic_examples
-    from r2w.agent_prompt import render_hints_block
-    from r2w.contracts import Hint
-
     text = "Open a closed container before you try to put an item inside it."
     hint = Hint(hint_id=Hint.make_id(text, "twc"), text=text, applicability="When it is closed", category="twc")
     out = []
@@ -105,8 +105,7 @@ def method_examples(method: str) -> list:
 
 
 def run(method: str, base: Path, steps: int, workdir: Path, rows: list, batch: int = 4) -> dict:
-    from r2w.config import DistillConfig
-    from r2w.trainers import train_student
+    import torch
 
     cfg = DistillConfig(
         method=method,
@@ -118,8 +117,6 @@ def run(method: str, base: Path, steps: int, workdir: Path, rows: list, batch: i
         validation_fraction=0.0,
         save_steps=steps,
     )
-    import torch
-
     load_before = os.getloadavg()[0]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -137,22 +134,21 @@ def run(method: str, base: Path, steps: int, workdir: Path, rows: list, batch: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2", help="smollm2, tiny, a model folder, or arch:<name> (random)")
+    parser = common.parser(
+        __doc__,
+        model="smollm2",
+        model_help="smollm2, tiny, a model folder, or arch:<name> (random)",
+        data_dir=".r2w",
+        threads=True,
+    )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder for arch:<name> (default: smollm2's)")
     parser.add_argument("--examples", default=None, help="stored distill-examples dataset folder (SFT rows)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["sft", "dpo"])
-    parser.add_argument("--data-dir", default=".r2w")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-
-    configure_environment(args.data_dir)  # before transformers/prefect are imported
-    set_torch_threads(args.threads)
+    common.setup(args.data_dir, args.threads)
     import torch
-
-    from r2w.models import resolve_model
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="distill-speed-") as tmp:
@@ -188,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def parameter_count(folder: Path) -> int:
     """Parameters stored in a model folder's safetensors (tied embeddings counted once)."""
-    import math
-
     from safetensors import safe_open
 
     total = 0

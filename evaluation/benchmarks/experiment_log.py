@@ -14,16 +14,14 @@ Command (repo root, venv active; seconds):
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
+from evaluation.benchmarks import common
 from evaluation.metrics import wilson_interval
 from r2w.config import R2WConfig, load_config
-from r2w.datasets import write_json_atomically
 from r2w.tracking import client_for, flatten
 
 # Params that name where a run lives, not what it learned: never part of the recipe.
@@ -116,9 +114,7 @@ def experiment_rows(config: str, overrides: dict | None = None) -> list[dict]:
 
 
 def _pct(score: dict | None) -> str:
-    if not score:
-        return "-"
-    return f"{score['successes']}/{score['n']} = {score['rate']:.1%} ({score['ci_low']:.1%}-{score['ci_high']:.1%})"
+    return common.success(score) if score else "-"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -176,19 +172,18 @@ def arms_markdown(arms: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = common.parser(__doc__, out="also write the rows as JSON (atomically)")
     ap.add_argument("--config", default="demo", help="bundled config name or YAML path (its experiment is read)")
-    ap.add_argument("--out", type=Path, help="also write the rows as JSON (atomically)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    common.setup(load_config(args.config).data_dir)  # before MLflow is imported (no torch here)
     rows = experiment_rows(args.config)
     print(markdown(rows))
     print("\n" + arms_markdown(recipe_arms(rows)))
     failed = [r for r in rows if r["gate_reasons"]]
     for r in failed:
         print(f"\n{r['run'][:8]} gate: {r['gate_reasons']}")
-    if args.out:
-        write_json_atomically(args.out, rows)
+    common.write_out(args.out, rows)
 
 
 if __name__ == "__main__":

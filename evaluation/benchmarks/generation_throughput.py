@@ -20,25 +20,24 @@ Command (repo root, venv active; ~2-4 min on a 2-core CPU, SmolLM2 provisioned b
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import time
 from pathlib import Path
 
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from evaluation.environments import make_environment
+from r2w.agent_prompt import build_messages, render_hints_block
+from r2w.backends import SamplingParams, TransformersBackend, VLLMEngineBackend
+from r2w.config import EnvConfig
+from r2w.contracts import Hint
+from r2w.models import resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def teacher_prompts(n: int, seed: int = 0):
     """(messages, valid_actions) for n real twc decisions with the curated hints block."""
-    from evaluation.environments import make_environment
-    from r2w.agent_prompt import build_messages, render_hints_block
-    from r2w.config import EnvConfig
-    from r2w.contracts import Hint
-
     hints = [
         Hint.model_validate_json(line)
         for line in (REPO / "configs/hints/twc_curated.jsonl").read_text().split("\n")
@@ -66,23 +65,13 @@ def teacher_prompts(n: int, seed: int = 0):
     return out
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
 def count_tokens(completions) -> tuple[int, int]:
     return sum(sum(c.completion_tokens) for c in completions), sum(c.prompt_tokens for c in completions)
 
 
 def run_vllm(model: Path, prompts: list, workloads: dict, repeats: int) -> tuple[dict[str, dict], float]:
     """Time r2w's VLLMEngineBackend and bare `LLM.generate` (same engine, same token ids and params)."""
-    from r2w.backends.vllm_engine import VLLMEngineBackend
-
-    t0 = time.perf_counter()
-    backend = VLLMEngineBackend(model, dtype="bfloat16", seed=0)
-    startup = time.perf_counter() - t0
+    backend, startup = common.timed(VLLMEngineBackend, model, dtype="bfloat16", seed=0)
     results: dict[str, dict] = {}
     try:
         for name, (params, ch) in workloads.items():
@@ -114,22 +103,15 @@ def run_vllm(model: Path, prompts: list, workloads: dict, repeats: int) -> tuple
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or an HF folder")
-    ap.add_argument("--data-dir", default=str(REPO / ".r2w"))
+    ap = common.parser(__doc__, model="smollm2", data_dir=str(REPO / ".r2w"))
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats of each vLLM run (best is reported)")
     ap.add_argument("--workloads", default="free,choice")
     ap.add_argument("--skip-transformers", action="store_true")
-    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--json", help="also write the figures to this file (atomically)")
     args = ap.parse_args(argv)
-
-    configure_environment(args.data_dir)
-    set_torch_threads(1)
-    from r2w.backends import SamplingParams
-    from r2w.backends.hf import TransformersBackend
-    from r2w.models import resolve_model
+    common.setup(args.data_dir, threads=1)
 
     model = resolve_model(args.model, args.data_dir)
     batch = teacher_prompts(args.prompts)
@@ -150,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in selected:
             params, ch = workloads[name]
             hf.generate(prompts[:4], params, ch[:4] if ch else None)  # warm-up
-            comps, wall = timed(lambda p=params, c=ch: hf.generate(prompts, p, c))
+            comps, wall = common.timed(hf.generate, prompts, params, ch)
             tokens, _ = count_tokens(comps)
             results[name]["transformers"] = {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall}
             results[name]["vllm_over_transformers"] = results[name]["vllm_r2w"]["tok_s"] / (tokens / wall)
@@ -168,8 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"  r2w overhead over bare vllm.LLM: {100 * r['r2w_overhead']:+.1f}% "
             f"(walls r2w {r['all_walls_r2w']}, bare {r['all_walls_bare']})"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps({"startup_s": startup, **results}, indent=2))
+    common.write_out(args.json, {"startup_s": startup, **results})
     return results
 
 

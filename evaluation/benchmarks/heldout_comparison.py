@@ -20,29 +20,28 @@ which r2w verified against the trained adapter), else on transformers.
 
 from __future__ import annotations
 
-import argparse
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-from r2w.datasets import write_json_atomically
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from evaluation.environments import make_environment
+from evaluation.metrics import compare_paired, score_episodes
+from r2w.config import EnvConfig
+from r2w.datasets import save_records
+from r2w.hintstore import HintStore
+from r2w.rollout import RandomPolicy, agent_policy
 
 
 def _score(name: str, episodes) -> dict:
-    from evaluation.metrics import score_episodes
-
     return score_episodes(name, episodes).model_dump()
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="demo")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser = common.parser(
+        __doc__, config="demo", n=200, n_help="held-out test seeds per suite", backend=True, out=common.JSON_OUT
+    )
     parser.add_argument("--student", required=True, help="merged student model folder (or a HF model folder)")
-    parser.add_argument("--n", type=int, default=200, help="held-out test seeds per suite")
     parser.add_argument("--offset", type=int, default=0, help="first test seed index")
-    parser.add_argument("--backend", default="auto", help="auto | vllm | transformers")
     parser.add_argument("--retention-n", type=int, default=None, help="seeds per retention suite (default --n)")
     parser.add_argument(
         "--retention-max-steps",
@@ -56,43 +55,19 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="store every policy's episodes as a `heldout-episodes` dataset (for paired_episodes against a run)",
     )
-    parser.add_argument("--out", default=None, help="JSON file (written atomically)")
     args = parser.parse_args(argv)
-
-    from r2w.config import EnvConfig, load_config, parse_sets
-
-    cfg = load_config(args.config, parse_sets(args.set))
-    configure_environment(cfg.data_dir)
-    set_torch_threads(cfg.runtime.torch_threads)
-
-    from evaluation.environments import make_environment
-    from evaluation.metrics import compare_paired
-    from r2w.backends import make_backend
-    from r2w.hintstore import HintStore
-    from r2w.models import resolve_model
-    from r2w.rollout import RandomPolicy, agent_policy, hint_provider, run_episodes
+    cfg = common.load(args.config, args.set)
 
     started = time.perf_counter()
     factory = make_environment(cfg.env)
-    jobs = [(t, 0) for t in factory.tasks("test", args.n, offset=args.offset)]
-    batch = min(cfg.agent.batch_size, 64)
+    tasks = factory.tasks("test", args.n, offset=args.offset)
     temp = cfg.teach.temperature
     store = HintStore(cfg.hints, cfg.data_path)
-    hints = hint_provider(store.retrieve, cfg.hints.k)
 
     def play(backend, name: str, temperature: float, with_hints: bool = False, suite=None):
-        fac, suite_jobs, max_steps = suite or (factory, jobs, cfg.env.max_steps)
-        return run_episodes(
-            fac,
-            suite_jobs,
-            agent_policy(cfg, backend, name, temperature),
-            max_steps,
-            batch,
-            config_hash=cfg.hash,
-            desc=name,
-            hints_for=hints if with_hints else None,
-            avoid_losing_actions=cfg.agent.avoid_losing_actions,
-        )
+        run_cfg, fac, suite_tasks = suite or (cfg, factory, tasks)
+        policy = agent_policy(cfg, backend, name, temperature)
+        return common.play(run_cfg, fac, suite_tasks, policy, name, retrieve=store.retrieve if with_hints else None)
 
     # success points need a suite the base can win: '' (TWX's large defaults) -> r2w's small per-game params
     retention_suites = [
@@ -108,19 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
     retention_jobs = {}
     for key, env_cfg in retention_suites:
         fac = make_environment(env_cfg)
-        retention_jobs[key] = (fac, [(t, 0) for t in fac.tasks("test", rn)], env_cfg.max_steps)
+        retention_jobs[key] = (cfg.model_copy(update={"env": env_cfg}), fac, fac.tasks("test", rn))
 
     eps: dict[str, list] = {}
-    eps["random"] = run_episodes(
-        factory,
-        jobs,
-        RandomPolicy(cfg.runtime.seed),
-        cfg.env.max_steps,
-        batch,
-        desc="random",
-        avoid_losing_actions=cfg.agent.avoid_losing_actions,
-    )
-    base = make_backend(args.backend, resolve_model(cfg.models.base, cfg.data_path), dtype=cfg.models.dtype)
+    eps["random"] = common.play(cfg, factory, tasks, RandomPolicy(cfg.runtime.seed), "random")
+    base = common.backend(cfg, cfg.models.base, args.backend)
     eps["base greedy"] = play(base, "base", 0.0)
     eps["base sampled"] = play(base, "base-sampled", temp)
     eps["teacher greedy"] = play(base, "teacher", 0.0, with_hints=True)
@@ -128,10 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     retention: dict[str, dict] = {}
     for key, suite in retention_jobs.items():
         retention[key] = {"base": play(base, f"retention {key} base", 0.0, suite=suite)}
-    close = getattr(base, "close", None)
-    if close:
-        close()
-    student = make_backend(args.backend, Path(args.student), dtype=cfg.models.dtype)
+    base.close()
+    student = common.backend(cfg, args.student, args.backend)
     eps["student"] = play(student, "student", 0.0)
     for key, suite in retention_jobs.items():
         retention[key]["student"] = play(student, f"retention {key} student", 0.0, suite=suite)
@@ -150,8 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     episodes_path = None
     if args.save_episodes:
-        from r2w.datasets import save_records
-
         every = [e for name in eps for e in eps[name]]
         ref = save_records(every, cfg.data_path / "datasets", "heldout-episodes", {"config_hash": cfg.hash})
         episodes_path = str(ref.path)
@@ -175,40 +138,15 @@ def main(argv: list[str] | None = None) -> dict:
         "comparisons": comparisons,
         "retention": retention_rows,
     }
-    print(render(result))
-    if args.out:
-        write_json_atomically(args.out, result)
-    return result
-
-
-def scores_table(scores: list[dict]) -> list[str]:
-    """Markdown rows: each policy's success with its interval, n, steps and tokens per episode."""
-    lines = ["| policy | success (95% CI) | n | steps/ep | tokens/ep |", "|---|---|---:|---:|---:|"]
-    for s in scores:
-        lines.append(
-            f"| {s['policy']} | {s['rate']:.1%} ({s['ci_low']:.1%}-{s['ci_high']:.1%}) | {s['n']} "
-            f"| {s['mean_steps']:.1f} | {s['mean_tokens']:.0f} |"
-        )
-    return lines
-
-
-def paired_table(comparisons: list[dict]) -> list[str]:
-    """Markdown rows: discordant seeds, the paired difference with its interval, McNemar p."""
-    lines = ["| paired (same seeds) | a only | b only | diff (95% CI) | McNemar p |", "|---|---:|---:|---|---:|"]
-    for c in comparisons:
-        t = c["table"]
-        lines.append(
-            f"| {c['a']} vs {c['b']} | {t['only_a']} | {t['only_b']} | {c['diff']:+.1%} "
-            f"({c['ci_low']:+.1%}..{c['ci_high']:+.1%}) | {c['p_mcnemar']:.2g} |"
-        )
-    return lines
+    return common.report(result, render(result), args.out)
 
 
 def render(result: dict) -> str:
     """Markdown tables: scores, paired comparisons, retention in points."""
-    lines = [f"### {result['meta']['label'] or result['meta']['config']} (n={result['meta']['n']} test seeds)", ""]
-    lines += scores_table(list(result["scores"].values()))
-    lines += ["", *paired_table(result["comparisons"])]
+    meta = result["meta"]
+    lines = common.tables(
+        f"### {meta['label'] or meta['config']} (n={meta['n']} test seeds)", result["scores"], result["comparisons"]
+    )
     lines += ["", "| retention suite | base | student | drop (points, 95% CI) |", "|---|---|---|---|"]
     for key, r in result["retention"].items():
         b, s, c = r["base"], r["student"], r["paired"]

@@ -14,13 +14,16 @@ Command (repo root, venv active; ~4-8 min per k for 200 twc episodes with vLLM o
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections import defaultdict
 from math import comb
 
-from r2w.datasets import write_json_atomically
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from evaluation.environments import make_environment
+from evaluation.metrics import compare_paired, score_episodes
+from r2w.contracts import Episode
+from r2w.datasets import load_records
+from r2w.hintstore import HintStore
+from r2w.rollout import agent_policy
 
 
 def pass_at_n(episodes: list) -> dict:
@@ -40,56 +43,28 @@ def pass_at_n(episodes: list) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tidy6")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser = common.parser(__doc__, config="tidy6", n=200, backend=True, out=common.JSON_OUT)
     parser.add_argument("--k", default="0,1,3,5", help="comma list of hints per prompt (0 = no hints block)")
-    parser.add_argument("--n", type=int, default=200, help="held-out test seeds")
-    parser.add_argument("--backend", default="auto", help="auto | vllm | transformers")
     parser.add_argument("--teacher-episodes", default=None, help="teach stage's stored attempts: pass@n")
-    parser.add_argument("--out", default=None, help="JSON file (written atomically)")
     args = parser.parse_args(argv)
     ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
     if not ks or ks[0] < 0:
         raise SystemExit(f"--k {args.k!r}: expected a comma list of integers >= 0")
-
-    from r2w.config import load_config, parse_sets
-
-    cfg = load_config(args.config, parse_sets(args.set))
-    configure_environment(cfg.data_dir)
-    set_torch_threads(cfg.runtime.torch_threads)
-
-    from evaluation.environments import make_environment
-    from evaluation.metrics import compare_paired, score_episodes
-    from r2w.backends import make_backend
-    from r2w.contracts import Episode
-    from r2w.datasets import load_records
-    from r2w.hintstore import HintStore
-    from r2w.models import resolve_model
-    from r2w.rollout import agent_policy, hint_provider, run_episodes
+    cfg = common.load(args.config, args.set)
 
     factory = make_environment(cfg.env)
-    jobs = [(t, 0) for t in factory.tasks("test", args.n)]
+    tasks = factory.tasks("test", args.n)
     store = HintStore(cfg.hints, cfg.data_path)
-    backend = make_backend(args.backend, resolve_model(cfg.models.base, cfg.data_path), dtype=cfg.models.dtype)
+    backend = common.backend(cfg, cfg.models.base, args.backend)
     episodes, seconds = {}, {}
     for k in ks:
-        started = time.perf_counter()
-        episodes[k] = run_episodes(
-            factory,
-            jobs,
-            agent_policy(cfg, backend, f"teacher-k{k}", cfg.teach.temperature),
-            cfg.env.max_steps,
-            min(cfg.agent.batch_size, 64),
-            config_hash=cfg.hash,
-            desc=f"teacher k={k}",
-            hints_for=hint_provider(store.retrieve, k) if k else None,
-            avoid_losing_actions=cfg.agent.avoid_losing_actions,
+        k_cfg = common.variant(cfg, "hints", k=k)
+        policy = agent_policy(k_cfg, backend, f"teacher-k{k}", cfg.teach.temperature)
+        retrieve = store.retrieve if k else None
+        episodes[k], seconds[f"k={k}"] = common.timed(
+            common.play, k_cfg, factory, tasks, policy, f"teacher k={k}", retrieve=retrieve
         )
-        seconds[f"k={k}"] = time.perf_counter() - started
-    close = getattr(backend, "close", None)
-    if close:
-        close()
+    backend.close()
     scores = {f"k={k}": score_episodes(f"teacher k={k}", e).model_dump() for k, e in episodes.items()}
     # every k against no hints (the hints' value), then against the configured k (is it the right one?)
     pairs = [(k, 0) for k in ks if k and 0 in episodes]
@@ -113,24 +88,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.teacher_episodes:
         result["best_of_n"] = pass_at_n(load_records(args.teacher_episodes, Episode))
-    print(render(result))
-    if args.out:
-        write_json_atomically(args.out, result)
-    return result
+    return common.report(result, render(result), args.out)
 
 
 def render(result: dict) -> str:
-    from evaluation.benchmarks.heldout_comparison import paired_table, scores_table
-
     meta = result["meta"]
-    lines = [
+    header = (
         f"n = {meta['n']} test seeds, one sample each at temperature {meta['temperature']}, "
-        f"{meta['active_hints']} active hints (configured k = {meta['configured_k']})",
-        "",
-        *scores_table(list(result["scores"].values())),
-    ]
-    if result["comparisons"]:
-        lines += ["", *paired_table(result["comparisons"])]
+        f"{meta['active_hints']} active hints (configured k = {meta['configured_k']})"
+    )
+    lines = common.tables(header, result["scores"], result["comparisons"])
     if best := result.get("best_of_n"):
         rates = ", ".join(f"pass@{n} {r:.1%}" for n, r in best["pass_at"].items())
         lines += ["", f"teach stage, {best['tasks']} training tasks x {best['attempts_per_task']} attempts: {rates}"]

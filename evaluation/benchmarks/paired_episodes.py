@@ -11,21 +11,22 @@ Across policies (a continual round's student against the ORIGINAL base, whose ep
 
 from __future__ import annotations
 
-import argparse
 import functools
+
+from evaluation.benchmarks import common
+from evaluation.metrics import compare_paired, score_episodes
+from r2w.contracts import Episode
+from r2w.datasets import load_records
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("a", help="eval-episodes dataset folder of run A")
     parser.add_argument("b", help="eval-episodes dataset folder of run B")
     parser.add_argument("--policy", default="student", help="which policy's episodes to compare")
     parser.add_argument("--policy-b", default=None, help="run B's policy, when it differs from --policy")
     args = parser.parse_args(argv)
     policy_b = args.policy_b or args.policy
-
-    from evaluation.metrics import compare_paired, score_episodes
-
     a = policy_episodes(args.a, args.policy)
     b = policy_episodes(args.b, policy_b)
     c = compare_paired("a", a, "b", b)
@@ -44,9 +45,6 @@ def main(argv: list[str] | None = None) -> dict:
 @functools.cache
 def _stored(folder: str) -> list:
     """One read per dataset folder: A and B are often the same run (student vs base of one evaluation)."""
-    from r2w.contracts import Episode
-    from r2w.datasets import load_records
-
     return load_records(folder, Episode)
 
 

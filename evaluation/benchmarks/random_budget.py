@@ -10,8 +10,13 @@ budget (one random episode per seed, run to the largest budget; Wilson 95% inter
 
 from __future__ import annotations
 
-import argparse
 import statistics
+
+from evaluation.benchmarks import common
+from evaluation.environments.twx import TWXFactory, resolve_params
+from evaluation.metrics import wilson_interval
+from r2w.config import EnvConfig, R2WConfig
+from r2w.rollout import RandomPolicy
 
 
 def first_success_steps(game: str, params: str | None, n: int, max_budget: int, seed: int) -> tuple[list, list]:
@@ -20,9 +25,6 @@ def first_success_steps(game: str, params: str | None, n: int, max_budget: int, 
     The random episodes are r2w's own `RandomPolicy` rollouts, run once to the largest budget: an episode
     that succeeded at step k counts for every budget >= k.
     """
-    from evaluation.environments.twx import TWXFactory
-    from r2w.rollout import RandomPolicy, run_episodes
-
     factory = TWXFactory(game, params, max_budget)
     tasks = factory.tasks("test", n)
     env = factory.make()
@@ -33,21 +35,18 @@ def first_success_steps(game: str, params: str | None, n: int, max_budget: int, 
             gold_lengths.append(len(env.gold_actions()))
     finally:
         env.close()
-    episodes = run_episodes(factory, [(t, 0) for t in tasks], RandomPolicy(seed), max_budget, batch_size=16)
+    cfg = R2WConfig(env=EnvConfig(game=game, params=params, max_steps=max_budget))  # play's step budget
+    episodes = common.play(cfg, factory, tasks, RandomPolicy(seed), f"{game} random", batch_size=16)
     return gold_lengths, [len(e.steps) if e.success else None for e in episodes]
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, n=300, n_help="test seeds per game")
     parser.add_argument("--games", default="twc,coin", help="comma-separated TWX game types")
     parser.add_argument("--params", default=None, help="TWX params for every game (default: r2w's per-game)")
-    parser.add_argument("--n", type=int, default=300, help="test seeds per game")
     parser.add_argument("--budgets", default="4,5,6,8,10,15", help="comma-separated step budgets")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    from evaluation.environments.twx import resolve_params
-    from evaluation.metrics import wilson_interval
 
     budgets = sorted(int(b) for b in args.budgets.split(","))
     rows: dict[str, dict] = {}

@@ -21,14 +21,15 @@ Command (repo root, venv active; ~5-10 min on a loaded 2-core CPU, mostly insert
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import statistics
 import tempfile
 import time
 
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from r2w.contracts import Hint, Provenance
+from r2w.hintstore import _hint, _metadata, _where, embed, embedding_function, rule_key
 
 CATEGORIES = [
     "twc",
@@ -113,9 +114,6 @@ def make_hints(n: int, base: int, noise: float, seed: int = 0):
     """n Hint records and their unit vectors: `base` embedded for real, the rest base + noise."""
     import numpy as np
 
-    from r2w.contracts import Hint, Provenance
-    from r2w.hintstore import embed, rule_key
-
     rng = random.Random(seed)
     hints = []
     for i in range(n):
@@ -143,8 +141,6 @@ def make_hints(n: int, base: int, noise: float, seed: int = 0):
 
 def build(client, name: str, hints, vectors, batch: int = 5000) -> float:
     """Insert through the collection (explicit embeddings, HintStore's metadata); return seconds."""
-    from r2w.hintstore import _metadata, embedding_function, rule_key
-
     col = client.create_collection(
         name, embedding_function=embedding_function(), configuration={"hnsw": {"space": "cosine"}}
     )
@@ -162,8 +158,6 @@ def build(client, name: str, hints, vectors, batch: int = 5000) -> float:
 
 def time_queries(col, queries: list[tuple[str, str]], k: int, include_embedding: bool) -> list[float]:
     """Milliseconds per retrieve-equivalent query."""
-    from r2w.hintstore import _hint, _where, embed
-
     pre = None if include_embedding else embed([q for _, q in queries])
     out = []
     for i, (category, text) in enumerate(queries):
@@ -182,18 +176,17 @@ def p95(xs: list[float]) -> float:
     return sorted(xs)[max(0, round(0.95 * len(xs)) - 1)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = common.parser(__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--base", type=int, default=2000, help="hints embedded for real with MiniLM")
     ap.add_argument("--noise", type=float, default=0.01, help="per-dimension sigma for derived embeddings")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="r2w-retrieval-bench-")
-    configure_environment(tmp)
-    set_torch_threads(1)
+    common.setup(tmp, threads=1)
     import chromadb
     from chromadb.config import Settings
 

@@ -16,10 +16,14 @@ Commands (repo root, venv active; ~5-8 min each on a loaded 2-core CPU):
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from evaluation.environments import make_environment
+from r2w.backends import SamplingParams
+from r2w.config import AgentConfig, EnvConfig, R2WConfig
+from r2w.contracts import Message
+from r2w.rollout import agent_policy
 
 
 class TimedBackend:
@@ -39,16 +43,12 @@ class TimedBackend:
         return getattr(self.backend, name)
 
 
-def play(factory, tasks, backend, max_steps: int, batch: int, max_new_tokens: int, answer_tokens: int) -> dict:
-    from r2w.backends import SamplingParams
-    from r2w.rollout import LLMPolicy, run_episodes
-
+def play(cfg: R2WConfig, factory, tasks, backend, batch: int) -> dict:
+    """The greedy agent on every task, `batch` episodes per generate call, timed inside and outside generate."""
     timed = TimedBackend(backend)
-    params = SamplingParams(max_tokens=max_new_tokens)
-    policy = LLMPolicy(timed, "base", params, history=3, constrained=True, answer_max_tokens=answer_tokens)
     start = time.perf_counter()
-    jobs = [(t, 0) for t in tasks]
-    episodes = run_episodes(factory, jobs, policy, max_steps, batch_size=batch, desc=f"batch {batch}")
+    policy = agent_policy(cfg, timed, "base", 0.0)
+    episodes = common.play(cfg, factory, tasks, policy, f"batch {batch}", batch_size=batch)
     wall = time.perf_counter() - start
     generated = sum(e.completion_tokens for e in episodes)
     total = sum(e.total_tokens for e in episodes)
@@ -67,8 +67,7 @@ def play(factory, tasks, backend, max_steps: int, batch: int, max_new_tokens: in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", help="smollm2, tiny or an HF folder")
+    parser = common.parser(__doc__, model="smollm2", data_dir=".r2w")
     parser.add_argument("--env", default="twx", choices=["twx", "reasoning_gym"])
     parser.add_argument("--game", default="twc")
     parser.add_argument("--families", default="basic_arithmetic,leg_counting,spell_backward")
@@ -78,39 +77,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.add_argument("--data-dir", default=".r2w")
     args = parser.parse_args(argv)
+    common.setup(args.data_dir, threads=1)
 
-    configure_environment(args.data_dir)
-    set_torch_threads(1)
-    from evaluation.environments import make_environment
-    from r2w.backends.hf import TransformersBackend
-    from r2w.config import EnvConfig
-    from r2w.models import resolve_model
-
-    dtype = "float32" if args.model == "tiny" else "bfloat16"
-    backend = TransformersBackend(resolve_model(args.model, args.data_dir), dtype=dtype)
     if args.env == "twx":
         env_cfg = EnvConfig(game=args.game, params=args.params, max_steps=args.max_steps)
         suite = f"twx/{args.game}"
     else:
         env_cfg = EnvConfig(name="reasoning_gym", families=args.families.split(","), max_steps=args.max_steps)
         suite = f"reasoning_gym/{args.families}"
+    # the agent: greedy, 3 history turns, constrained to the valid actions (free-text answers on reasoning-gym)
+    agent = AgentConfig(max_new_tokens=args.max_new_tokens, answer_max_new_tokens=args.answer_tokens, history=3)
+    cfg = R2WConfig(data_dir=args.data_dir, env=env_cfg, agent=agent)
+    dtype = "float32" if args.model == "tiny" else "bfloat16"
+    backend = common.backend(cfg, args.model, "transformers", dtype=dtype)
     factory = make_environment(env_cfg)
     tasks = factory.tasks("test", args.episodes)
     # Warm-up outside the timings: first-call allocations, and one JVM start to price env start-up
     # (included in both runs' wall time: `batch` environments vs 1).
-    from r2w.backends import SamplingParams
-    from r2w.contracts import Message
-
     backend.generate([[Message(role="user", content="hello")]], SamplingParams(max_tokens=4))
     t0 = time.perf_counter()
     factory.make().close()
     env_start = time.perf_counter() - t0
-    runs = [
-        play(factory, tasks, backend, args.max_steps, b, args.max_new_tokens, args.answer_tokens)
-        for b in (args.batch, 1)
-    ]
+    runs = [play(cfg, factory, tasks, backend, b) for b in (args.batch, 1)]
     batched, single = runs
     same = sum(batched["actions"][k] == single["actions"][k] for k in batched["actions"])
     print(f"\nrollout batching: {args.model}, {suite}, {args.episodes} test seeds, {args.max_steps} steps max")

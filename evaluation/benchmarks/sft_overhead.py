@@ -3,7 +3,7 @@
 Three runs on the same fixed synthetic agent-style prompt/completion set (64 examples), same LoRA and
 trainer settings, N optimizer steps each:
 
-1. r2w `tasks.distill.train_sft` (checkpoints, adapter + merged save, round-trip verification);
+1. r2w `r2w.trainers.train_sft` (checkpoints, adapter + merged save, round-trip verification);
 2. a bare TRL `SFTTrainer` script with identical settings (same checkpoint interval, no save/merge/verify);
 3. the bare script with `padding_free=True` (sequences of a batch flattened into one row; transformers
    builds a block-diagonal mask from position_ids, so sequences still do not attend to each other).
@@ -19,14 +19,19 @@ Command (repo root, venv active; keep smollm2 runs short on a 2-core box):
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from r2w.runtime import configure_environment, set_torch_threads
+from evaluation.benchmarks import common
+from r2w.agent_prompt import build_messages
+from r2w.config import DistillConfig
+from r2w.contracts import DistillExample
+from r2w.models import resolve_model
+from r2w.trainers import train_sft
+from r2w.training import peft_lora_config
 
 ROOMS = ["kitchen", "bedroom", "bathroom", "living room", "pantry", "laundry room"]
 PLACES = ["fridge", "dresser", "cupboard", "shoe cabinet", "laundry basket", "bookcase", "desk drawer"]
@@ -35,9 +40,6 @@ ITEMS = ["red apple", "white socks", "clean plate", "banana", "blue shoe", "dirt
 
 def synthetic_examples(n: int = 64, seed: int = 0) -> list:
     """Agent prompts with 0-3 history turns and varied observations, so batch lengths vary as in real runs."""
-    from r2w.agent_prompt import build_messages
-    from r2w.contracts import DistillExample
-
     rng = random.Random(seed)
     examples = []
     for i in range(n):
@@ -63,9 +65,7 @@ def synthetic_examples(n: int = 64, seed: int = 0) -> list:
     return examples
 
 
-def distill_config(steps: int):
-    from r2w.config import DistillConfig
-
+def distill_config(steps: int) -> DistillConfig:
     return DistillConfig(
         max_steps=steps,
         learning_rate=2e-4,
@@ -78,8 +78,6 @@ def distill_config(steps: int):
 
 
 def run_r2w(examples: list, base: Path, steps: int, save_steps: int, workdir: Path) -> dict:
-    from r2w.trainers import train_sft
-
     art = train_sft(examples, base, distill_config(steps), workdir / "r2w", resume=False, save_steps=save_steps)
     return {
         "tokens_per_s": art.tokens_per_s,
@@ -96,7 +94,6 @@ def run_bare_trl(
     """What a user would write by hand with TRL + PEFT: no r2w code on the training path."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -127,13 +124,7 @@ def run_bare_trl(
         padding_free=padding_free,
         max_length=None if padding_free else 1024,  # TRL refuses padding_free with max_length and no packing
     )
-    lora = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    lora = peft_lora_config(cfg)  # a plain peft.LoraConfig: the same adapter as r2w's by construction
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora
     )
@@ -167,17 +158,12 @@ def report(model: str, steps: int, runs: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__, data_dir=".r2w", threads=True)
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--save-steps", type=int, default=None, help="checkpoint interval (default: steps // 2)")
-    parser.add_argument("--data-dir", default=".r2w")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-
-    configure_environment(args.data_dir)  # before transformers/prefect are imported
-    set_torch_threads(args.threads)
-    from r2w.models import resolve_model
+    common.setup(args.data_dir, args.threads)
 
     base = resolve_model(args.model, args.data_dir)
     examples = synthetic_examples()

@@ -22,17 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from evaluation.benchmarks import common
+from evaluation.benchmarks.backend_device_parity import prompts_and_choices
+from r2w.backends import SamplingParams, make_backend
+from r2w.contracts import Episode, Message
+from r2w.datasets import load_records
+from r2w.models import resolve_model
 
 
 def export_prompts(episodes_dir: str | Path, n: int, seed: int = 0) -> list[dict]:
     """`n` (prompt, valid actions) pairs drawn from every policy's steps of an eval-episodes dataset."""
-    from r2w.contracts import Episode
-    from r2w.datasets import load_records
-
     episodes = load_records(episodes_dir, Episode)
     steps = [
         {"policy": e.policy, "messages": [m.model_dump() for m in s.prompt], "choices": s.valid_actions}
@@ -46,8 +48,6 @@ def export_prompts(episodes_dir: str | Path, n: int, seed: int = 0) -> list[dict
 
 
 def synthetic_prompts(n: int) -> list[dict]:
-    from evaluation.benchmarks.backend_device_parity import prompts_and_choices
-
     prompts, choices = prompts_and_choices(n)
     return [
         {"policy": "synthetic", "messages": [m.model_dump() for m in p], "choices": c}
@@ -59,28 +59,17 @@ def measure(backend_kind: str, model: str, prompts_file: str, dtype: str, seed: 
     """One backend's half: greedy actions, one seeded sample per prompt, timings."""
     import torch
 
-    from r2w.backends import make_backend
-    from r2w.backends.base import SamplingParams
-    from r2w.contracts import Message
-
     rows = json.loads(Path(prompts_file).read_text())
     prompts = [[Message(**m) for m in r["messages"]] for r in rows]
     choices = [r["choices"] for r in rows]
-    started = time.perf_counter()
-    backend = make_backend(backend_kind, model, dtype=dtype, seed=seed)
-    load_s = time.perf_counter() - started
+    backend, load_s = common.timed(make_backend, backend_kind, model, dtype=dtype, seed=seed)
     greedy = SamplingParams(max_tokens=12, temperature=0.0)
     backend.generate(prompts[:8], greedy, choices[:8])  # warm-up: kernels, graphs, trie caches
-    started = time.perf_counter()
-    actions = [c.texts[0] for c in backend.generate(prompts, greedy, choices)]
-    greedy_s = time.perf_counter() - started
+    greedy_out, greedy_s = common.timed(backend.generate, prompts, greedy, choices)
     sampled = SamplingParams(max_tokens=12, temperature=1.0, seed=seed)
-    started = time.perf_counter()
-    samples = [c.texts[0] for c in backend.generate(prompts, sampled, choices)]
-    sample_s = time.perf_counter() - started
-    close = getattr(backend, "close", None)
-    if close:
-        close()
+    sampled_out, sample_s = common.timed(backend.generate, prompts, sampled, choices)
+    actions, samples = [c.texts[0] for c in greedy_out], [c.texts[0] for c in sampled_out]
+    backend.close()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {
         "backend": backend_kind,
@@ -95,13 +84,9 @@ def measure(backend_kind: str, model: str, prompts_file: str, dtype: str, seed: 
 
 
 def _run_half(kind: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "evaluation.benchmarks.vllm_cuda_parity", "--half", kind]
-    cmd += ["--model", args.model, "--prompts-file", args.prompts_file, "--dtype", args.dtype, "--seed", str(args.seed)]
-    cmd += ["--data-dir", args.data_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} half failed (exit {out.returncode}):\n{out.stderr[-12000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = ["--half", kind, "--model", args.model, "--prompts-file", args.prompts_file, "--dtype", args.dtype]
+    argv += ["--seed", str(args.seed), "--data-dir", args.data_dir]
+    return common.run_half("evaluation.benchmarks.vllm_cuda_parity", argv)
 
 
 def summarize(halves: dict[str, dict], policies: list[str]) -> dict:
@@ -135,36 +120,34 @@ def summarize(halves: dict[str, dict], policies: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", help="HF model folder (or smollm2 / tiny)")
+    parser = common.parser(
+        __doc__,
+        model="smollm2",
+        n=256,
+        n_help="prompts to export / synthesize",
+        data_dir=".r2w",
+        out="JSON summary (written atomically)",
+    )
     parser.add_argument("--prompts-file", default=None, help="JSON list of {messages, choices}; default synthetic")
     parser.add_argument("--export", default=None, metavar="EPISODES_DIR", help="write real prompts and stop")
-    parser.add_argument("--n", type=int, default=256, help="prompts to export / synthesize")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default=".r2w", help="where smollm2/tiny are provisioned")
-    parser.add_argument("--out", default=None, help="JSON summary (written atomically)")
     parser.add_argument("--half", choices=["transformers", "vllm", "openai"], help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
-    from r2w.datasets import write_json_atomically
-    from r2w.runtime import configure_environment
-
-    configure_environment(args.data_dir)  # offline defaults, vLLM's CPU KV-cache size, caches under data_dir
+    common.setup(args.data_dir)  # offline defaults, vLLM's CPU KV-cache size, caches under data_dir
 
     if args.export:
         rows = export_prompts(args.export, args.n, args.seed)
-        write_json_atomically(args.prompts_file or "prompts.json", rows)
+        common.write_out(args.prompts_file or "prompts.json", rows)
         print(f"{len(rows)} prompts from {args.export} -> {args.prompts_file or 'prompts.json'}")
         return 0
     if args.half:
         print(json.dumps(measure(args.half, args.model, args.prompts_file, args.dtype, args.seed)))
         return 0
-    from r2w.models import resolve_model
-
     args.model = str(resolve_model(args.model, args.data_dir))
     if not args.prompts_file:
         args.prompts_file = str(Path(args.data_dir) / "vllm_cuda_parity_prompts.json")
-        write_json_atomically(args.prompts_file, synthetic_prompts(args.n))
+        common.write_out(args.prompts_file, synthetic_prompts(args.n))
     policies = [r["policy"] for r in json.loads(Path(args.prompts_file).read_text())]
     halves = {"transformers": _run_half("transformers", args), "vllm": _run_half("vllm", args)}
     halves["vllm-repeat"] = _run_half("vllm", args)
@@ -175,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         **summarize(halves, policies),
     }
     print(json.dumps(summary, indent=2))
-    if args.out:
-        write_json_atomically(args.out, {**summary, "halves": halves})
+    common.write_out(args.out, {**summary, "halves": halves})
     return 0
 
 
