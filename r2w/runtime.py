@@ -1,7 +1,11 @@
 """Process-wide settings that keep the stack offline, quiet and fast on a small CPU box.
 
-Must run before prefect/mlflow/dspy/transformers are imported: several read their settings
-at import time.
+The import-order rule, stated once: prefect, mlflow, dspy and huggingface_hub read their settings
+(PREFECT_HOME, caches, offline flags) at import, and libgomp reads OMP_WAIT_POLICY when torch loads.
+So the CLI (flows/cli.py) calls `configure_environment(data_dir)` in each command before importing
+the flows, and the benchmarks call `configure_process()` from their package `__init__` and
+`configure_environment` in `main`. These are the only function-local imports of r2w's own modules,
+besides modules that need an optional extra (vLLM), which are imported when chosen.
 """
 
 from __future__ import annotations
