@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from rapidfuzz import fuzz, process
@@ -25,7 +26,15 @@ from r2w.agent_prompt import build_chat_messages, build_messages, render_hints_b
 from r2w.backends.base import GenerationBackend, SamplingParams, ScoringBackend
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, Hint, Message, Step, ToolCall, ToolFunction, content_hash
-from r2w.environment import ChatEnvironmentFactory, EnvironmentFactory, Observation, TaskSpec, TurnResult
+from r2w.environment import (
+    ChatEnvironment,
+    ChatEnvironmentFactory,
+    Environment,
+    EnvironmentFactory,
+    Observation,
+    TaskSpec,
+    TurnResult,
+)
 from r2w.tool_calls import parse_tool_calls, render_turn
 
 
@@ -303,63 +312,43 @@ def run_episodes(
     hints_for: HintProvider | None = None,
     avoid_losing_actions: bool = False,
 ) -> list[Episode]:
-    """Play jobs (task, sample_index) in lockstep batches of live episodes.
+    """Play text-game jobs (task, sample_index) in lockstep batches of live episodes.
 
     `hints_for` is called once per episode, right after reset (one-shot retrieval at episode
     start), and returns the hint ids and the block to put in the system prompt.
     `avoid_losing_actions` (config `agent.avoid_losing_actions`) drops from the valid actions every
     action that lowered the score earlier in the episode, for every policy alike (random included).
     """
-    episodes: list[Episode] = []
-    envs = [factory.make() for _ in range(min(batch_size, len(jobs)))]
-    bar = tqdm(total=len(jobs), desc=desc, unit="ep", leave=False)
-    try:
-        for start in range(0, len(jobs), len(envs) or 1):
-            chunk = jobs[start : start + len(envs)]
-            states = []
-            for env, (task, sample) in zip(envs, chunk, strict=False):
-                text, obs = env.reset(task)
-                hint_ids, block = hints_for(task, text, obs) if hints_for else ([], "")
-                states.append(EpisodeState(task, text, obs, block, hint_ids, sample))
-            live = list(range(len(states)))
-            for _ in range(max_steps):
-                if not live:
-                    break
-                decisions = policy.act([states[i] for i in live])
-                still = []
-                for i, d in zip(live, decisions, strict=True):
-                    st = states[i]
-                    new = envs[i].step(d.action)
-                    st.steps.append(
-                        Step(
-                            index=len(st.steps),
-                            observation=st.obs.text,
-                            valid_actions=st.obs.valid_actions,
-                            prompt=d.prompt,
-                            response=d.response,
-                            action=d.action,
-                            prompt_tokens=d.prompt_tokens,
-                            completion_tokens=d.completion_tokens,
-                            reward=new.reward,
-                        )
-                    )
-                    st.history.append((d.action, new.text))
-                    if avoid_losing_actions:
-                        new = without_actions(new, {s.action for s in st.steps if s.reward < 0})
-                    st.obs = new
-                    if not new.done:
-                        still.append(i)
-                live = still
-            for st in states:
-                ep = _to_episode(st, policy.name, config_hash, getattr(policy, "model_id", policy.name))
-                episodes.append(ep)
-                bar.update()
-                bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
-    finally:
-        bar.close()
-        for env in envs:
-            env.close()
-    return episodes
+
+    def start(env: Environment, task: TaskSpec, sample: int) -> EpisodeState:
+        text, obs = env.reset(task)
+        hint_ids, block = hints_for(task, text, obs) if hints_for else ([], "")
+        return EpisodeState(task, text, obs, block, hint_ids, sample)
+
+    def advance(env: Environment, st: EpisodeState, d: Decision) -> bool:
+        new = env.step(d.action)
+        st.steps.append(
+            Step(
+                index=len(st.steps),
+                observation=st.obs.text,
+                valid_actions=st.obs.valid_actions,
+                prompt=d.prompt,
+                response=d.response,
+                action=d.action,
+                prompt_tokens=d.prompt_tokens,
+                completion_tokens=d.completion_tokens,
+                reward=new.reward,
+            )
+        )
+        st.history.append((d.action, new.text))
+        if avoid_losing_actions:
+            new = without_actions(new, {s.action for s in st.steps if s.reward < 0})
+        st.obs = new
+        return not new.done
+
+    model = getattr(policy, "model_id", policy.name)
+    finish = partial(_to_episode, policy=policy.name, config_hash=config_hash, model=model)
+    return _lockstep(factory, jobs, batch_size, max_steps, desc, start, policy.act, advance, finish)
 
 
 def run_chat_episodes(
@@ -376,51 +365,63 @@ def run_chat_episodes(
     """Tool-calling tasks in lockstep batches: each round, every live episode gets one assistant turn and
     the environment answers it (tool results or a user message) until its verifier says done or
     `max_steps` turns have passed. `avoid_losing_actions` has no meaning here (no action set)."""
+
+    def start(env: ChatEnvironment, task: TaskSpec, sample: int) -> ChatState:
+        opened = env.reset(task)
+        state = ChatState(task, list(opened.messages), list(opened.tools), sample_index=sample)
+        if hints_for:
+            state.hint_ids, state.hints_block = hints_for(task, state.task_text, Observation(state.task_text, []))
+        return state
+
+    def advance(env: ChatEnvironment, st: ChatState, d: Decision) -> bool:
+        turn = d.turn or Message(role="assistant", content=d.response)
+        result = env.step(turn)
+        st.steps.append(
+            Step(
+                index=len(st.steps),
+                observation=st.conversation[-1].content if st.conversation else "",
+                prompt=d.prompt,
+                response=d.response,
+                action=d.action,
+                prompt_tokens=d.prompt_tokens,
+                completion_tokens=d.completion_tokens,
+                reward=result.score if result.done else 0.0,
+                tool_calls=turn.tool_calls,
+                tool_results=result.messages,
+                malformed_tool_call=d.malformed,
+            )
+        )
+        st.conversation += [turn, *result.messages]
+        st.result = result
+        return not result.done
+
+    model = getattr(policy, "model_id", policy.name)
+    finish = partial(_chat_episode, policy=policy.name, config_hash=config_hash, model=model)
+    return _lockstep(factory, jobs, batch_size, max_steps, desc, start, policy.act_chat, advance, finish)
+
+
+def _lockstep(
+    factory, jobs, batch_size: int, max_steps: int, desc: str, start, decide, advance, finish
+) -> list[Episode]:
+    """The shared driver: up to `batch_size` live environments, one batched decision per step for all
+    live episodes, until each is done or `max_steps` steps have passed; environments are always closed."""
     episodes: list[Episode] = []
     envs = [factory.make() for _ in range(min(batch_size, len(jobs)))]
     bar = tqdm(total=len(jobs), desc=desc, unit="ep", leave=False)
     try:
-        for start in range(0, len(jobs), len(envs) or 1):
-            states = []
-            for env, (task, sample) in zip(envs, jobs[start : start + len(envs)], strict=False):
-                opened = env.reset(task)
-                state = ChatState(task, list(opened.messages), list(opened.tools), sample_index=sample)
-                if hints_for:
-                    state.hint_ids, state.hints_block = hints_for(
-                        task, state.task_text, Observation(state.task_text, [])
-                    )
-                states.append(state)
+        for first in range(0, len(jobs), len(envs) or 1):
+            states = [
+                start(env, task, sample)
+                for env, (task, sample) in zip(envs, jobs[first : first + len(envs)], strict=False)
+            ]
             live = list(range(len(states)))
             for _ in range(max_steps):
                 if not live:
                     break
-                decisions = policy.act_chat([states[i] for i in live])
-                still = []
-                for i, d in zip(live, decisions, strict=True):
-                    st, turn = states[i], d.turn or Message(role="assistant", content=d.response)
-                    result = envs[i].step(turn)
-                    st.steps.append(
-                        Step(
-                            index=len(st.steps),
-                            observation=st.conversation[-1].content if st.conversation else "",
-                            prompt=d.prompt,
-                            response=d.response,
-                            action=d.action,
-                            prompt_tokens=d.prompt_tokens,
-                            completion_tokens=d.completion_tokens,
-                            reward=result.score if result.done else 0.0,
-                            tool_calls=turn.tool_calls,
-                            tool_results=result.messages,
-                            malformed_tool_call=d.malformed,
-                        )
-                    )
-                    st.conversation += [turn, *result.messages]
-                    st.result = result
-                    if not result.done:
-                        still.append(i)
-                live = still
+                decisions = decide([states[i] for i in live])
+                live = [i for i, d in zip(live, decisions, strict=True) if advance(envs[i], states[i], d)]
             for st in states:
-                episodes.append(_chat_episode(st, policy.name, config_hash, getattr(policy, "model_id", policy.name)))
+                episodes.append(finish(st))
                 bar.update()
                 bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
     finally:
@@ -431,38 +432,10 @@ def run_chat_episodes(
 
 
 def _chat_episode(st: ChatState, policy: str, config_hash: str, model: str) -> Episode:
-    outcome = "success" if st.result.success else ("failure" if st.result.done else "step limit")
-    eid = content_hash(
-        {
-            "task": st.task.task_id,
-            "policy": policy,
-            "sample": st.sample_index,
-            "hints": st.hint_ids,
-            "actions": [s.action for s in st.steps],
-            "cfg": config_hash,
-        }
-    )
-    return Episode(
-        episode_id="e-" + eid[:16],
-        env=st.task.env,
-        category=st.task.category,
-        task_id=st.task.task_id,
-        split=st.task.split,
-        seed=st.task.seed,
-        task=st.task_text,
-        steps=st.steps,
-        success=st.result.success,
-        score=st.result.score,
-        outcome=outcome,
-        policy=policy,
-        model=model,
-        hint_ids=st.hint_ids,
-        sample_index=st.sample_index,
-        config_hash=config_hash,
-        wall_time_s=round(time.perf_counter() - st.started, 3),
-        tools=st.tools,
-        verdict_by=f"environment:{st.task.env}",
-    )
+    result = st.result
+    return _episode(st.task, st.task_text, st.steps, (result.success, result.done, result.score), st.hint_ids,
+                    st.sample_index, st.started, policy, config_hash, model, tools=st.tools,
+                    verdict_by=f"environment:{st.task.env}")  # fmt: skip
 
 
 def without_actions(obs: Observation, banned: set[str]) -> Observation:
@@ -474,33 +447,46 @@ def without_actions(obs: Observation, banned: set[str]) -> Observation:
 
 
 def _to_episode(st: EpisodeState, policy: str, config_hash: str, model: str = "") -> Episode:
-    outcome = "success" if st.obs.success else ("failure" if st.obs.done else "step limit")
-    eid = content_hash(
-        {
-            "task": st.task.task_id,
-            "policy": policy,
-            "sample": st.sample_index,
-            "hints": st.hint_ids,
-            "actions": [s.action for s in st.steps],
-            "cfg": config_hash,
-        }
-    )
+    outcome = (st.obs.success, st.obs.done, st.obs.score)
+    return _episode(st.task, st.task_text, st.steps, outcome, st.hint_ids, st.sample_index, st.started,
+                    policy, config_hash, model)  # fmt: skip
+
+
+def _episode(
+    task: TaskSpec,
+    task_text: str,
+    steps: list[Step],
+    outcome: tuple[bool, bool, float],
+    hint_ids: list[str],
+    sample_index: int,
+    started: float,
+    policy: str,
+    config_hash: str,
+    model: str,
+    **extra,
+) -> Episode:
+    """The stored episode; its id is a content hash of what makes it this attempt (task, policy, sample,
+    hints, actions, config)."""
+    success, done, score = outcome
+    identity = {"task": task.task_id, "policy": policy, "sample": sample_index, "hints": hint_ids,
+                "actions": [s.action for s in steps], "cfg": config_hash}  # fmt: skip
     return Episode(
-        episode_id="e-" + eid[:16],
-        env=st.task.env,
-        category=st.task.category,
-        task_id=st.task.task_id,
-        split=st.task.split,
-        seed=st.task.seed,
-        task=st.task_text,
-        steps=st.steps,
-        success=st.obs.success,
-        score=st.obs.score,
-        outcome=outcome,
+        episode_id="e-" + content_hash(identity)[:16],
+        env=task.env,
+        category=task.category,
+        task_id=task.task_id,
+        split=task.split,
+        seed=task.seed,
+        task=task_text,
+        steps=steps,
+        success=success,
+        score=score,
+        outcome="success" if success else ("failure" if done else "step limit"),
         policy=policy,
         model=model,
-        hint_ids=st.hint_ids,
-        sample_index=st.sample_index,
+        hint_ids=hint_ids,
+        sample_index=sample_index,
         config_hash=config_hash,
-        wall_time_s=round(time.perf_counter() - st.started, 3),
+        wall_time_s=round(time.perf_counter() - started, 3),
+        **extra,
     )
