@@ -228,3 +228,83 @@ def test_config_with_bfcl_env_builds_the_factory():
     except ValidationError:
         pytest.skip("EnvConfig does not accept name='bfcl' with options yet")
     assert make_environment(cfg).category == "parallel"
+
+
+# ---------------------------------------------------------------------------------------------- multi-turn
+
+
+def _mt_env(name: str = "multi_turn_base_0"):
+    factory = BFCLFactory("multi_turn_base")
+    env = factory.make()
+    task = TaskSpec(env="bfcl", category="multi_turn_base", split="?", seed=0, name=name)
+    return env, task
+
+
+def _play_turns(env, turns):
+    result = None
+    for turn in turns:
+        result = env.step(turn)
+        if result.done:
+            break
+    return result
+
+
+def test_multi_turn_gold_succeeds_on_every_task():
+    factory = BFCLFactory("multi_turn_base")
+    assert not {t.name for t in factory.tasks("train", 100)} & {t.name for t in factory.tasks("test", 100)}
+    env = factory.make()
+    failures = []
+    try:
+        for entry in load_category("multi_turn_base"):
+            start = env.reset(TaskSpec("bfcl", "multi_turn_base", "?", entry.index, entry.id))
+            assert start.messages and start.tools
+            result = _play_turns(env, [m for turn in env.gold_turns() for m in turn])
+            if not (result.done and result.success):
+                failures.append(entry.id)
+    finally:
+        env.close()
+    assert failures == []
+
+
+def test_multi_turn_tools_answer_and_state_does_not_leak_between_episodes():
+    env, task = _mt_env()  # initial state: /workspace/document holds final_report.pdf
+    cd = _turn(_call("cd", '{"folder": "document"}'))
+    try:
+        for _ in range(2):  # BFCL keys backends by model name + task id: a second episode must start fresh
+            env.reset(task)
+            result = env.step(cd)
+            assert not result.done and [m.role for m in result.messages] == ["tool"]
+            assert result.messages[0].tool_call_id == "call_0"
+            assert "error" not in result.messages[0].content.lower(), result.messages[0].content
+    finally:
+        env.close()
+
+
+def test_multi_turn_wrong_or_missing_or_malformed_calls_fail():
+    env, task = _mt_env()
+    try:
+        env.reset(task)
+        silent = _play_turns(env, [Message(role="assistant", content="ok")] * 10)
+        assert silent.done and not silent.success and "empty_turn" in silent.messages[-1].content
+
+        env.reset(task)
+        gold = env.gold_turns()
+        gold[0][0] = _turn(_call("cd", '{"folder": "archive"}'))  # the wrong directory in turn 1
+        wrong = _play_turns(env, [m for turn in gold for m in turn])
+        assert wrong.done and not wrong.success
+
+        env.reset(task)
+        bad_json = env.step(_turn(_call("cd", '{"folder": ')))  # does not decode: ends the user turn
+        assert not bad_json.done and bad_json.messages[0].role == "user"
+    finally:
+        env.close()
+
+
+def test_multi_turn_force_quits_after_bfcls_step_limit():
+    env, task = _mt_env()
+    try:
+        env.reset(task)
+        result = _play_turns(env, [_turn(_call("pwd", "{}"))] * 30)
+        assert result.done and not result.success and "force_terminated" in result.messages[-1].content
+    finally:
+        env.close()

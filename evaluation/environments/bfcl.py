@@ -7,6 +7,11 @@ output ([{name: json.loads(arguments)}, ...]) and scored by BFCL's AST checker a
 `possible_answer`. success = the checker's `valid`; score 1/0. A turn without calls, with
 arguments that are not a JSON object, or that trips the checker is a failure, never a crash.
 
+Multi-turn: multi_turn_base runs against BFCL's executable Python backends (GorillaFileSystem,
+TwitterAPI, ...), tool results come back as `tool` messages, and BFCL's multi_turn_checker scores
+the whole conversation at the end (see BFCLMultiTurnEnvironment). The other multi-turn categories
+(miss_func, miss_param, long_context) are not wired.
+
 Splits: BFCL has no folds, so a task is in `test` when a SHA-256 of its id falls below
 `test_fraction`, else in `train`. Membership depends only on the id, so the splits never share a
 task and never change; within a split tasks keep BFCL's file order. TaskSpec.name is BFCL's id
@@ -27,7 +32,12 @@ BFCL modules imported (nothing else of bfcl_eval is imported):
   names cannot contain ".", so BFCL, and this adapter, expose "math.factorial" as
   "math_factorial"). The stub is removed from sys.modules right after.
 - `bfcl_eval.constants.enums` (`Language`), `bfcl_eval.constants.type_mappings`
-  (`GORILLA_TO_OPENAPI`): plain constants (the checker imports them too).
+  (`GORILLA_TO_OPENAPI`), `bfcl_eval.constants.default_prompts` (`MAXIMUM_STEP_LIMIT`),
+  `bfcl_eval.constants.executable_backend_config` (`MULTI_TURN_FUNC_DOC_FILE_MAPPING`): constants.
+- `bfcl_eval.eval_checker.multi_turn_eval.multi_turn_utils` (`execute_multi_turn_func_call`) and
+  `.multi_turn_checker` (`multi_turn_checker`), which import the backends under
+  `bfcl_eval.eval_checker.multi_turn_eval.func_source_code` (the eight multi-turn ones need only
+  mpmath, already in this stack; web_search/memory_* need SDKs and are never imported).
 - the data files `bfcl_eval/data/BFCL_v4_<category>.json` and `data/possible_answer/` (JSON lines).
 BFCL's tool conversion (`bfcl_eval.model_handler.utils.convert_to_tool`) is NOT imported: that
 module imports the tree_sitter Java/JavaScript parsers and `bfcl_eval.utils`, whose
@@ -38,6 +48,7 @@ tests/test_bfcl.py checks it equals `convert_to_tool` on every task of the four 
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import importlib
@@ -45,18 +56,24 @@ import json
 import re
 import sys
 import types
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
+from bfcl_eval.constants.default_prompts import MAXIMUM_STEP_LIMIT
 from bfcl_eval.constants.enums import Language
+from bfcl_eval.constants.executable_backend_config import MULTI_TURN_FUNC_DOC_FILE_MAPPING
 from bfcl_eval.constants.type_mappings import GORILLA_TO_OPENAPI
+from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 
 from r2w.contracts import Message, ToolCall, ToolFunction
 from r2w.environment import ChatStart, TaskSpec, TurnResult
 
 ENV_NAME = "bfcl"
 SINGLE_TURN_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple")
+MULTI_TURN_CATEGORIES = ("multi_turn_base",)
 SPLITS = ("train", "test")
 DATA_PREFIX = "BFCL_v4_"
 # The BFCL model whose checker settings apply: an OpenAI function-calling model (dots -> underscores).
@@ -96,19 +113,41 @@ class BFCLEntry:
     index: int  # position in the category's file
     question: list  # BFCL's turns: a list of lists of {"role", "content"}
     functions: list  # BFCL's function docs (Gorilla types: "dict", "float", ...)
-    answer: list  # possible_answer's ground_truth: [{func_name: {param: [allowed values]}}]
+    answer: list  # possible_answer's ground_truth: [{func_name: {param: [allowed values]}}]; multi-turn:
+    # one list of call strings per user turn, e.g. [["cd(folder='document')", "mkdir(dir_name='temp')"], ...]
+    initial_config: dict = field(default_factory=dict)  # multi-turn: each backend class's starting state
+    involved_classes: tuple = ()  # multi-turn: the backend classes (e.g. "GorillaFileSystem")
 
 
 @lru_cache(maxsize=8)
 def load_category(category: str) -> tuple[BFCLEntry, ...]:
-    if category not in SINGLE_TURN_CATEGORIES:
-        raise ValueError(f"bfcl: unsupported category {category!r} (expected one of {list(SINGLE_TURN_CATEGORIES)})")
+    known = SINGLE_TURN_CATEGORIES + MULTI_TURN_CATEGORIES
+    if category not in known:
+        raise ValueError(f"bfcl: unsupported category {category!r} (expected one of {list(known)})")
     prompts = _read_jsonl(f"{DATA_PREFIX}{category}.json")
     answers = {a["id"]: a["ground_truth"] for a in _read_jsonl("possible_answer", f"{DATA_PREFIX}{category}.json")}
     return tuple(
-        BFCLEntry(id=p["id"], index=i, question=p["question"], functions=p["function"], answer=answers[p["id"]])
+        BFCLEntry(
+            id=p["id"],
+            index=i,
+            question=p["question"],
+            functions=p["function"] if "function" in p else _multi_turn_docs(p["involved_classes"]),
+            answer=answers[p["id"]],
+            initial_config=p.get("initial_config", {}),
+            involved_classes=tuple(p.get("involved_classes", ())),
+        )
         for i, p in enumerate(prompts)
     )
+
+
+def _multi_turn_docs(involved_classes: list[str]) -> list[dict]:
+    """The function docs of a multi-turn task: every function of every involved backend class, as
+    bfcl_eval.utils.populate_test_cases_with_predefined_functions adds them (`excluded_function` is
+    not applied there either)."""
+    docs = []
+    for name in involved_classes:
+        docs.extend(_read_jsonl("multi_turn_func_doc", MULTI_TURN_FUNC_DOC_FILE_MAPPING[name]))
+    return docs
 
 
 def split_of(task_id: str, test_fraction: float) -> str:
@@ -277,6 +316,156 @@ class BFCLEnvironment:
         self.entry, self.verdict = None, None
 
 
+def to_execution_strings(turn: Message, names: dict[str, str]) -> list[str]:
+    """An assistant turn's calls as BFCL's executable strings ("cd(folder='document')"), as
+    bfcl_eval.model_handler.utils.convert_to_function_call writes them. Raises ValueError on
+    arguments that are not a JSON object."""
+    out = []
+    for call in decode_calls(turn):
+        ((name, args),) = call.items()
+        if not isinstance(args, dict):
+            raise ValueError(f"arguments of {name!r} are not a JSON object")
+        out.append(f"{names.get(name, name)}({','.join(f'{k}={v!r}' for k, v in args.items())})")
+    return out
+
+
+class BFCLMultiTurnEnvironment:
+    """A multi-turn BFCL task against BFCL's executable Python backends (func_source_code), driven as
+    BFCL's own FC inference loop drives a model (base_handler.inference_multi_turn_FC):
+
+    - an assistant turn with tool calls is executed (`execute_multi_turn_func_call`) and answered with
+      one `tool` message per call; more than MAXIMUM_STEP_LIMIT (20) such steps force-quit the task;
+    - a turn without calls (or whose calls do not decode) ends the current user turn, and the next
+      user question follows; after the last one the episode ends and BFCL's `multi_turn_checker`
+      re-executes the model's calls and the ground truth on fresh backends and compares state and
+      responses after every turn. success = its `valid`; score 1/0.
+
+    BFCL keeps backend instances in multi_turn_utils' module globals, keyed by model name and task
+    id, so a second episode of the same task would inherit the first one's state: each episode uses
+    its own name (`r2w_<uuid>`) and deletes its instances when it ends.
+    """
+
+    def __init__(self, category: str) -> None:
+        self.category = category
+        self._entries = {e.id: e for e in load_category(category)}
+        self.entry: BFCLEntry | None = None
+        self.verdict: dict | None = None
+
+    def reset(self, task: TaskSpec) -> ChatStart:
+        if task.name not in self._entries:
+            raise ValueError(f"bfcl: no task {task.name!r} in category {self.category!r}")
+        self._forget()
+        self.entry, self.verdict = self._entries[task.name], None
+        self._run = f"r2w_{uuid.uuid4().hex}"
+        self._turn, self._steps = 0, 0
+        self._calls: list[list[list[str]]] = [[]]  # per user turn, per step: call strings
+        tools = to_openai_tools(self.entry.functions)
+        self._names = {tool_name(f["name"]): f["name"] for f in self.entry.functions}
+        return ChatStart(messages=self._user_messages(0), tools=tools)
+
+    def _user_messages(self, turn: int) -> list[Message]:
+        return [Message(role=m["role"], content=m["content"]) for m in self.entry.question[turn]]
+
+    def step(self, turn: Message) -> TurnResult:
+        if self.entry is None:
+            raise RuntimeError("step() before reset()")
+        if self.verdict is not None:
+            raise RuntimeError("bfcl: the episode is over")
+        calls: list[str] = []
+        if turn.tool_calls:
+            try:
+                calls = to_execution_strings(turn, self._names)
+            except ValueError:
+                calls = []  # BFCL: a response that does not decode ends the user turn
+        if calls:
+            results, _ = multi_turn_utils.execute_multi_turn_func_call(
+                calls, self.entry.initial_config, list(self.entry.involved_classes), self._run, self.entry.id
+            )
+            self._calls[-1].append(calls)
+            self._steps += 1
+            replies = [
+                Message(role="tool", content=str(r), tool_call_id=c.id, name=c.function.name)
+                for c, r in zip(turn.tool_calls, results, strict=True)
+            ]
+            if self._steps > MAXIMUM_STEP_LIMIT:
+                return self._finish(replies, forced=True)
+            return TurnResult(messages=replies)
+        self._turn += 1
+        if self._turn < len(self.entry.question):
+            self._calls.append([])
+            return TurnResult(messages=self._user_messages(self._turn))
+        return self._finish([], forced=False)
+
+    def _finish(self, messages: list[Message], forced: bool) -> TurnResult:
+        if forced or len(self._calls) != len(self.entry.answer):
+            self.verdict = {"valid": False, "error_type": "multi_turn:force_terminated"}
+        else:
+            prompt = {
+                "id": self.entry.id,
+                "initial_config": self.entry.initial_config,
+                "involved_classes": list(self.entry.involved_classes),
+            }
+            try:
+                self.verdict = multi_turn_checker(self._calls, self.entry.answer, prompt, self.category, self._run)
+            except Exception as exc:  # noqa: BLE001 - a checker error on odd calls is a failure
+                self.verdict = {"valid": False, "error_type": "r2w:checker_exception", "error_message": repr(exc)}
+        self._forget()
+        ok = bool(self.verdict.get("valid"))
+        text = (
+            "Task complete: the final state and responses match."
+            if ok
+            else (f"Task failed ({self.verdict.get('error_type', '')}): {self.verdict.get('error_message', '')}")
+        )
+        return TurnResult(
+            messages=[*messages, Message(role="user", content=text)], done=True, success=ok, score=float(ok)
+        )
+
+    def gold_turns(self) -> list[list[Message]]:
+        """The ground truth as assistant turns: per user turn, one turn calling all its calls, then a
+        turn without calls that ends the user turn."""
+        if self.entry is None:
+            raise RuntimeError("gold_turns() before reset()")
+        out = []
+        for calls in self.entry.answer:
+            turns = []
+            if calls:
+                tool_calls = [
+                    ToolCall(id=f"call_{i}", function=ToolFunction(name=name, arguments=json.dumps(args)))
+                    for i, (name, args) in enumerate(parse_call(c, self.entry.functions) for c in calls)
+                ]
+                turns.append(Message(role="assistant", content="", tool_calls=tool_calls))
+            turns.append(Message(role="assistant", content="Done."))
+            out.append(turns)
+        return out
+
+    def _forget(self) -> None:
+        """Drop this episode's backend instances from BFCL's module globals."""
+        run = getattr(self, "_run", None)
+        if run:
+            store = vars(multi_turn_utils)
+            for key in [k for k in store if k.startswith(run)]:
+                del store[key]
+
+    def close(self) -> None:
+        self._forget()
+        self.entry, self.verdict = None, None
+
+
+def parse_call(call: str, functions: list[dict]) -> tuple[str, dict]:
+    """A ground-truth call string ("mv(source='a', destination='b')", "sort('f.pdf')") as (name,
+    keyword arguments); positional arguments are named in the order of the function doc's properties."""
+    node = ast.parse(call, mode="eval").body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ValueError(f"not a function call: {call!r}")
+    name = node.func.id
+    order = list(next((f for f in functions if f["name"] == name), {}).get("parameters", {}).get("properties", {}))
+    if len(node.args) > len(order):
+        raise ValueError(f"{call!r}: more positional arguments than {name!r} has parameters")
+    args = {order[k]: ast.literal_eval(a) for k, a in enumerate(node.args)}
+    args.update({kw.arg: ast.literal_eval(kw.value) for kw in node.keywords})
+    return name, args
+
+
 class BFCLFactory:
     """Fixed train/test splits of one BFCL category, by a hash of each task's id."""
 
@@ -306,5 +495,7 @@ class BFCLFactory:
             for e in entries[offset : offset + n]
         ]
 
-    def make(self) -> BFCLEnvironment:
+    def make(self) -> BFCLEnvironment | BFCLMultiTurnEnvironment:
+        if self.category in MULTI_TURN_CATEGORIES:
+            return BFCLMultiTurnEnvironment(self.category)
         return BFCLEnvironment(self.category)
