@@ -22,3 +22,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
   echo "$want" > "$stamp"
 fi
+# BFCL (evaluation/environments/bfcl.py): data + AST checker only. Its metadata pins numpy==1.26.4,
+# tree_sitter and ~20 provider SDKs that conflict with this stack, so it is installed without deps
+# (and kept out of constraints.txt, which pip resolves together).
+BFCL_EVAL=2026.3.23
+if [ "$(.venv/bin/python -c 'from importlib.metadata import version; print(version("bfcl-eval"))' 2>/dev/null)" != "$BFCL_EVAL" ]; then
+  .venv/bin/pip install -q --no-deps "bfcl-eval==$BFCL_EVAL"
+fi

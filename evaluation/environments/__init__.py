@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evaluation.environments.bfcl import BFCLFactory
 from evaluation.environments.reasoning_gym import ReasoningGymFactory
 from evaluation.environments.twx import TWXFactory
 from r2w.config import EnvConfig
@@ -19,6 +20,11 @@ def make_environment(cfg: EnvConfig) -> EnvironmentFactory | ChatEnvironmentFact
         return TWXFactory(cfg.game, cfg.params, cfg.max_steps)
     if cfg.name == "reasoning_gym":
         return ReasoningGymFactory(cfg.families, cfg.family_kwargs, cfg.success_threshold)
+    if cfg.name == "bfcl":  # a chat environment; options: {category, test_fraction}
+        unknown = sorted(set(cfg.options) - {"category", "test_fraction"})
+        if unknown:
+            raise ValueError(f"env.options: unknown bfcl options {unknown} (expected 'category', 'test_fraction')")
+        return BFCLFactory(**cfg.options)
     raise ValueError(
         f"env.name: unknown environment {cfg.name!r} (expected 'twx', 'reasoning_gym', 'bfcl' or 'pkg.mod:Factory')"
     )
