@@ -8,10 +8,8 @@ import re
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
-from pydantic import ValidationError
 
 from evaluation.environments import make_environment
 from evaluation.environments.bfcl import (
@@ -213,20 +211,17 @@ def test_tool_conversion_equals_bfcls_own(tmp_path):
 
 
 def test_make_environment_reads_bfcl_options():
-    factory = make_environment(SimpleNamespace(name="bfcl", options={"category": "multiple", "test_fraction": 0.3}))
+    factory = make_environment(EnvConfig(name="bfcl", options={"category": "multiple", "test_fraction": 0.3}))
     assert isinstance(factory, BFCLFactory) and factory.category == "multiple" and factory.test_fraction == 0.3
-    default = make_environment(SimpleNamespace(name="bfcl"))
+    default = make_environment(EnvConfig(name="bfcl"))
     assert default.category == "simple_python"
     with pytest.raises(ValueError, match="unknown bfcl options"):
-        make_environment(SimpleNamespace(name="bfcl", options={"categroy": "multiple"}))
+        make_environment(EnvConfig(name="bfcl", options={"categroy": "multiple"}))
 
 
 def test_config_with_bfcl_env_builds_the_factory():
-    """Once EnvConfig accepts `name: bfcl` with `options` (changed elsewhere), the config path works end to end."""
-    try:
-        cfg = EnvConfig(name="bfcl", options={"category": "parallel"})
-    except ValidationError:
-        pytest.skip("EnvConfig does not accept name='bfcl' with options yet")
+    """`env: {name: bfcl, options: ...}` in a config builds the factory."""
+    cfg = EnvConfig(name="bfcl", options={"category": "parallel"})
     assert make_environment(cfg).category == "parallel"
 
 
