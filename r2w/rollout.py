@@ -11,6 +11,7 @@ collect, teach, evaluate, replay and the benchmarks call.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -35,7 +36,7 @@ from r2w.environment import (
     TaskSpec,
     TurnResult,
 )
-from r2w.tool_calls import parse_tool_calls, render_turn
+from r2w.tool_calls import parse_reply, render_turn, reply_schema
 
 
 @dataclass
@@ -106,8 +107,10 @@ class LLMPolicy:
         constrained: bool = True,
         answer_max_tokens: int | None = None,
         selection: str = "generate",
+        constrain_tools: bool = True,
     ) -> None:
         self.backend, self.name, self.params = backend, name, params
+        self.constrain_tools = constrain_tools  # tool-calling tasks: decode to the tools' JSON schema where possible
         self.history, self.constrained = history, constrained
         if selection not in ("generate", "score"):
             raise ValueError(f"agent.action_selection: expected 'generate' or 'score', got {selection!r}")
@@ -156,10 +159,14 @@ class LLMPolicy:
     def act_chat(self, states: list[ChatState]) -> list[Decision]:
         """One assistant turn per live chat episode: free text with tool calls, parsed (never constrained)."""
         prompts = [build_chat_messages(s.conversation, s.tools, s.hints_block) for s in states]
-        completions = self.backend.generate(prompts, self.answer_params)
+        if self.constrain_tools and getattr(self.backend, "constrains_json", False):
+            schemas = [json.dumps(reply_schema(s.tools)) if s.tools else None for s in states]
+            completions = self.backend.generate(prompts, self.answer_params, schemas=schemas)
+        else:
+            completions = self.backend.generate(prompts, self.answer_params)
         decisions = []
         for state, prompt, c in zip(states, prompts, completions, strict=True):
-            parsed = parse_tool_calls(c.texts[0], len(state.steps))
+            parsed = parse_reply(c.texts[0], len(state.steps))
             turn = Message(role="assistant", content=parsed.content, tool_calls=parsed.calls)
             decisions.append(
                 Decision(
@@ -259,6 +266,7 @@ def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperat
         constrained=cfg.agent.constrained,
         answer_max_tokens=cfg.agent.answer_max_new_tokens,
         selection=cfg.agent.action_selection,
+        constrain_tools=cfg.agent.constrain_tool_calls,
     )
 
 

@@ -92,3 +92,43 @@ def parse_tool_calls(text: str, turn_index: int = 0) -> ParsedTurn:
         errors.append(f"tool call: {CALL_OPEN} without a matching {CALL_CLOSE}")
     content = _BLOCK.sub("", text).replace(CALL_OPEN, "").strip()
     return ParsedTurn(content=content, calls=calls, error="; ".join(errors))
+
+
+ANSWER_KEY = "answer"
+
+
+def reply_schema(tools: list[dict]) -> dict:
+    """A JSON schema for one reply: a call of one of the tools (name + its parameters) or a final answer.
+
+    Backends that constrain decoding to a schema (vLLM structured outputs) then never produce a
+    malformed call; the reply is `{"name": ..., "arguments": {...}}` or `{"answer": "..."}`.
+    """
+    options = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        parameters = fn.get("parameters") or {"type": "object"}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": fn["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    answer = {"type": "object", "properties": {ANSWER_KEY: {"type": "string"}}, "required": [ANSWER_KEY]}
+    return {"anyOf": [*options, answer]}
+
+
+def parse_reply(text: str, turn_index: int = 0) -> ParsedTurn:
+    """A reply in either form: `<tool_call>` blocks (free decoding) or one schema-constrained JSON object."""
+    stripped = text.strip()
+    if CALL_OPEN not in stripped and stripped.startswith("{"):
+        try:
+            payload = json.loads(stripped)
+        except json.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and ANSWER_KEY in payload and "name" not in payload:
+            return ParsedTurn(content=str(payload[ANSWER_KEY]))
+        if isinstance(payload, dict):
+            return parse_tool_calls(f"{CALL_OPEN}{stripped}{CALL_CLOSE}", turn_index)
+    return parse_tool_calls(text, turn_index)

@@ -16,6 +16,7 @@ that the next engine stops them if this process dies without closing it (`r2w.ba
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,8 +96,10 @@ class VLLMEngineBackend:
             [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
         )
 
-    def sampling_params(self, params: SamplingParams, choices: list[str] | None, request_seed: int | None):
-        """Map r2w's SamplingParams (+ one prompt's valid actions) onto vLLM's."""
+    def sampling_params(
+        self, params: SamplingParams, choices: list[str] | None, request_seed: int | None, schema: str | None = None
+    ):
+        """Map r2w's SamplingParams (+ one prompt's valid actions or JSON schema) onto vLLM's."""
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -119,13 +122,18 @@ class VLLMEngineBackend:
                 kwargs["extra_args"] = {CHOICES_ARG: list(choices)}
             else:
                 kwargs["structured_outputs"] = StructuredOutputsParams(choice=list(choices))
+        elif schema is not None:
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=json.loads(schema))
         return VLLMSamplingParams(**kwargs)
+
+    constrains_json = True  # `schemas`: vLLM structured outputs (xgrammar) decode each reply to its JSON schema
 
     def generate(
         self,
         prompts: list[list[Message]],
         params: SamplingParams,
         choices: list[list[str]] | None = None,
+        schemas: list[str | None] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
         if not prompts:
@@ -135,7 +143,9 @@ class VLLMEngineBackend:
             {"prompt_token_ids": self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]} for p in prompts
         ]
         sps = [
-            self.sampling_params(params, choices[i] if choices else None, self._request_seed(params, i))
+            self.sampling_params(
+                params, choices[i] if choices else None, self._request_seed(params, i), schemas[i] if schemas else None
+            )
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate(token_prompts, sps, use_tqdm=False, lora_request=self.lora)
