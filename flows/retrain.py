@@ -28,7 +28,7 @@ from r2w.contracts import DistillExample, Episode, Trajectory, content_hash, utc
 from r2w.datasets import load_records, save_records
 from r2w.faults import fault_point
 from r2w.models import resolve_model
-from r2w.privacy import loggable_config
+from r2w.privacy import loggable_config, scrub_text
 from r2w.runtime import configure_environment, set_torch_threads
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
@@ -165,7 +165,7 @@ def _retrain(cfg: R2WConfig) -> RunSummary:
     try:
         return _stages(cfg, client, run_id, summary)
     except BaseException as exc:  # the MLflow run says why it ended; nothing stored is half-written
-        client.set_tag(run_id, "r2w.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_tag(run_id, "r2w.error", scrub_text(f"{type(exc).__name__}: {exc}", cfg.privacy)[:5000])
         client.set_terminated(run_id, "FAILED")
         raise
 
