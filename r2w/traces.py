@@ -582,9 +582,22 @@ def _span_step(index: int, span) -> Step:
         prompt=prompt,
         response=response,
         action=response,
-        prompt_tokens=int(usage.get("input_tokens", 0) or 0) if isinstance(usage, dict) else 0,
-        completion_tokens=int(usage.get("output_tokens", 0) or 0) if isinstance(usage, dict) else 0,
+        prompt_tokens=_count_of(usage, "input_tokens"),
+        completion_tokens=_count_of(usage, "output_tokens"),
     )
+
+
+def _count_of(usage: object, key: str) -> int:
+    """A token count from a span's usage attribute, which the agent logged as it liked: 0 unless a
+    non-negative integer (a string like "abc" or a list there must not fail the whole import)."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        number = int(float(value))
+    except (ValueError, OverflowError):
+        return 0
+    return max(number, 0)
 
 
 def _task_text(inputs: object) -> str:

@@ -6,8 +6,12 @@ or another exit code; on exit 2 nothing under the data dir changed (sha256 of th
 exit 0 what was stored loads back and carries no planted secret. Every error text is free of the
 planted secrets. The config loader returns a config or a ConfigError naming the file.
 
+MLflow traces (offline, SQLite): arbitrary span inputs, outputs, usage attributes, status messages and
+feedback values; the importer returns valid episodes, and what it stores is scrubbed.
+
 Deterministic: `derandomize=True` (same cases every run, no example database). Each test prints its
-case count. Runtime on a loaded 2-core box: about a minute for the whole module.
+case count (jsonl 120, parquet 80, config 150, mlflow 12). Runtime on a loaded 2-core box: about
+60-80 s for the whole module.
 """
 
 from __future__ import annotations
@@ -70,24 +74,34 @@ def report_counts(request):
 
 # ---------------------------------------------------------------- strategies
 
-TEXT = st.lists(
-    st.characters(codec="utf-8").map(str)
-    | st.sampled_from(["[/]", "[link=http://x]", ":smile:", "\\", "\x00", "\ud800", "\x1b[31m"]),
-    max_size=12,
-).map("".join)
+
+def _text(specials: list[str]) -> st.SearchStrategy[str]:
+    return st.lists(st.characters(codec="utf-8").map(str) | st.sampled_from(specials), max_size=12).map("".join)
+
+
+MARKUP = ["[/]", "[link=http://x]", ":smile:", "\\", "\x00", "\x1b[31m"]
+TEXT = _text([*MARKUP, "\ud800"])  # a lone surrogate: JSON can carry one, UTF-8 cannot
+CLEAN_TEXT = _text(MARKUP)  # what a UTF-8 store (MLflow) can hold
 PLANTED_TEXT = st.sampled_from([f"key {API_KEY}", f"mail {EMAIL}", "[/]", "[bold]x[/bold]", ":warning:"])
-SCALAR = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | TEXT
-    | PLANTED_TEXT
-    | st.sampled_from(["9999-12-31T00:00:00", "2026-11-01", "0001-01-01T00:00:00+14:00", "yesterday"])
-)
-JSONISH = st.recursive(
-    SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=8
-)
+
+
+def _jsonish(text: st.SearchStrategy[str]) -> st.SearchStrategy:
+    scalar = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | text
+        | PLANTED_TEXT
+        | st.sampled_from(["9999-12-31T00:00:00", "2026-11-01", "0001-01-01T00:00:00+14:00", "yesterday"])
+    )
+    return st.recursive(
+        scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=8
+    )
+
+
+JSONISH = _jsonish(TEXT)
+CLEAN_JSONISH = _jsonish(CLEAN_TEXT)
 SAFE_KEY = st.text(st.sampled_from("abcxyz[]/=:_- "), min_size=1, max_size=12)
 
 
@@ -305,3 +319,92 @@ def test_fuzz_config_loader(tmp_path):
             assert not [s for s in SECRETS if s in text], text
 
     run()
+
+
+# ---------------------------------------------------------------- MLflow traces (offline, SQLite)
+
+
+ROOT_KEY = SAFE_KEY | st.sampled_from(["task", "messages"])
+
+
+@st.composite
+def trace_specs(draw) -> list[dict]:
+    """Agent traces as an agent might log them: any inputs, outputs, attributes, status and feedback."""
+    specs = []
+    for _ in range(draw(st.integers(1, 3))):
+        specs.append(
+            {
+                "name": draw(SAFE_KEY | PLANTED_TEXT),
+                "inputs": draw(st.dictionaries(ROOT_KEY, CLEAN_JSONISH, max_size=3)),
+                "outputs": draw(CLEAN_JSONISH),
+                "children": [
+                    {
+                        "inputs": draw(st.dictionaries(SAFE_KEY | st.just("messages"), CLEAN_JSONISH, max_size=2)),
+                        "outputs": draw(CLEAN_JSONISH),
+                        "attributes": {"mlflow.chat.tokenUsage": draw(CLEAN_JSONISH)},
+                    }
+                    for _ in range(draw(st.integers(0, 2)))
+                ],
+                "error": draw(st.none() | PLANTED_TEXT | CLEAN_TEXT),
+                "feedback": draw(st.none() | CLEAN_JSONISH),
+            }
+        )
+    return specs
+
+
+def test_fuzz_mlflow_import(tmp_path):
+    """Failed MLflow traces with arbitrary span inputs/outputs/attributes: import_mlflow_traces returns
+    valid Episodes or raises a ValueError naming the trace; what is stored is scrubbed."""
+    import itertools
+
+    import mlflow
+    from mlflow.entities import SpanStatusCode
+
+    from r2w.config import load_config
+    from r2w.traces import ImportStats, import_mlflow_traces, save_imported
+
+    uri = f"sqlite:///{tmp_path / 'agent.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    counter = itertools.count()
+    cfg = load_config("test", {"data_dir": str(tmp_path / "data"), "registry": {"experiment": "fuzz-mlflow"}})
+    cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"tracking_uri": uri})})
+
+    @settings(FUZZ, max_examples=12)
+    @given(specs=trace_specs())
+    def run(specs) -> None:
+        _count("mlflow")
+        experiment = f"agent-{next(counter)}"
+        mlflow.set_experiment(experiment)
+        for spec in specs:
+            with mlflow.start_span(name=spec["name"]) as root:
+                root.set_inputs(spec["inputs"])
+                for child in spec["children"]:
+                    with mlflow.start_span(name="step") as span:
+                        span.set_inputs(child["inputs"])
+                        span.set_attributes(child["attributes"])
+                        span.set_outputs(child["outputs"])
+                root.set_outputs(spec["outputs"])
+                if spec["error"] is not None:
+                    root.set_status(SpanStatusCode.ERROR)
+                    root.status.description = spec["error"]
+            trace_id = mlflow.get_last_active_trace_id()
+            if spec["feedback"] is not None:
+                mlflow.log_feedback(trace_id=trace_id, name="correct", value=spec["feedback"])
+        stats = ImportStats()
+        try:
+            episodes = import_mlflow_traces(uri, experiment, stats=stats)
+        except ValueError as exc:
+            assert experiment in str(exc) and not [s for s in SECRETS if s in str(exc)], str(exc)
+            return
+        assert stats.records == len(specs)
+        if episodes:
+            ref, _ = save_imported(cfg, episodes, stats)
+            from robust_helpers import secrets_sweep
+
+            assert secrets_sweep(SECRETS, Path(ref.path)) == {}
+
+    try:
+        run()
+    finally:
+        mlflow.set_tracking_uri(previous)
