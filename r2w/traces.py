@@ -58,7 +58,8 @@ class RecordError:
         # Second line of defence: whatever built the message, the field name and message that reach
         # the console, MLflow's r2w.error tag and Prefect's logs/states carry no raw secret and no
         # text that cannot be encoded (a lone surrogate from JSON would crash the printer).
-        object.__setattr__(self, "field", safe_text(self.field))
+        field = safe_text(self.field)  # a field can be an input key: of any length
+        object.__setattr__(self, "field", field if len(field) <= 80 else field[:77] + "...")
         object.__setattr__(self, "message", safe_text(self.message))
 
     @property
@@ -227,7 +228,7 @@ def _read_jsonl(
             )
             continue
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM opens some editors' files
         except UnicodeDecodeError as exc:
             errors.append(RecordError(name, number, "<record>", f"not valid UTF-8 (byte {exc.start}: {exc.reason})"))
             continue

@@ -576,3 +576,14 @@ def typer_app_printing(summary):
         print_summary(summary)
 
     return one
+
+
+def test_long_keys_are_shortened_and_a_bom_is_accepted(tmp_path):
+    from r2w.traces import import_trace_file
+
+    good = _good(2)
+    path = tmp_path / "bom.jsonl"
+    key = "k" * 10_000
+    path.write_bytes(b"\xef\xbb\xbf" + good[0].encode() + b"\n" + json.dumps({**json.loads(good[1]), key: 1}).encode())
+    _, errors = import_trace_file(path)
+    assert [(e.record, len(e.field) <= 80, e.field[:3]) for e in errors] == [(2, True, "kkk")], errors

@@ -303,3 +303,19 @@ def test_bad_trace_run_leaves_no_secret_in_mlflow_or_prefect(tmp_path):
     leaks = secrets_sweep([secret], *store_locations(data, loaded.tracking_uri))
     assert leaks == {}, leaks
     assert secret in path.read_text() and secrets_sweep([secret], path)  # the control: the sweep can find it
+
+
+def test_hint_pack_errors_quote_values_scrubbed(tmp_path):
+    """`r2w hints import` and curated packs are importers too: their errors never quote a raw secret."""
+    from r2w.config import HintsConfig
+    from r2w.hintstore import read_pack
+
+    screened = {"hint_id": "h-1", "text": f"use the key {API_KEY} to open it", "applicability": "WHEN locked",
+                "category": "twc"}  # fmt: skip
+    invalid = {**screened, "text": "open it", "support": f"{EMAIL}"}
+    for record, words in ((screened, "rejected by the screen (secret)"), (invalid, "not a valid Hint")):
+        pack = tmp_path / "pack.jsonl"
+        pack.write_text(json.dumps(record) + "\n")
+        with pytest.raises(ValueError, match="pack.jsonl:1") as err:
+            read_pack(pack, HintsConfig())
+        assert words in str(err.value) and API_KEY not in str(err.value) and EMAIL not in str(err.value), err.value
