@@ -469,7 +469,7 @@ def import_mlflow_traces(
     import mlflow
     from mlflow import MlflowClient
 
-    since, until = parse_when(since, "--since"), parse_when(until, "--until")
+    since, until = parse_window(since, until)
     stats = stats if stats is not None else ImportStats()
     stats.sources.append(f"{tracking_uri}#{experiment}")
     mlflow.flush_trace_async_logging()
