@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from r2w.config import ConfigError, R2WConfig, load_config, merge_overrides, parse_sets
@@ -26,7 +27,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(hints_app, name="hints")
 collect_app = typer.Typer(help="Import failed episodes from where agents already log them.", no_args_is_help=True)
 app.add_typer(collect_app, name="collect")
-console = Console(soft_wrap=True)
+# emoji=False: untrusted text such as ":smile:" in a trace key must print as written
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)  # errors and warnings: stderr; stdout stays the result
 
 ConfigOpt = typer.Option("demo", "--config", "-c", help="bundled config name (demo, test) or a YAML path")
 SetOpt = typer.Option(None, "--set", help="override a config field, e.g. --set teach.samples=8 (repeatable)")
@@ -48,7 +51,9 @@ def _flow_inputs(config: str, sets: list[str] | None) -> tuple[R2WConfig, dict]:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print an error to stderr and exit. The message quotes untrusted text (trace keys and values,
+    paths): it is escaped, never read as Rich markup (`[/]` would crash the printer)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -120,11 +125,13 @@ def print_summary(summary) -> None:
         table.add_row("private data scrubbed", ", ".join(f"{k} {v}" for k, v in sorted(summary.scrubbed.items())))
     table.add_row("teacher attempts / trajectories kept", f"{summary.teacher_attempts} / {summary.trajectories_kept}")
     table.add_row("training examples", str(summary.training_examples))
+    if summary.stage_states:  # Completed = ran now, Cached = reused a stored result
+        table.add_row("stages", ", ".join(f"{stage} {state}" for stage, state in summary.stage_states.items()))
     for policy, text in summary.scores.items():
         table.add_row(f"held-out success: {policy}", text)
     table.add_row("gate", "[green]PASSED[/]" if summary.gate_passed else "[red]FAILED[/]")
     for reason in summary.reasons:
-        table.add_row("  why", reason)
+        table.add_row("  why", escape(reason))
     if summary.registered_version:
         table.add_row("registry", f"{summary.model_name} version {summary.registered_version} (alias challenger)")
     else:
@@ -171,7 +178,7 @@ def evaluate_cmd(
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
     console.print(f"version {version}: {verdict}  report: {result.report_path}")
     for reason in result.reasons:
-        console.print(f"  - {reason}")
+        console.print(f"  - {escape(reason)}")
 
 
 @app.command("backfill")
@@ -192,7 +199,7 @@ def backfill_cmd(
         _fail(str(exc))
     for r in results:
         extra = f"version {r.registered_version}" if r.registered_version else "; ".join(r.reasons) or "-"
-        console.print(f"{r.since} .. {r.until}: {r.status} (run {r.mlflow_run_id}) {extra}")
+        console.print(f"{r.since} .. {r.until}: {r.status} (run {r.mlflow_run_id}) {escape(extra)}")
 
 
 @app.command()
@@ -201,9 +208,10 @@ def promote(
     by: str = typer.Option(..., "--by", help="who reviewed it"),
     reason: str = typer.Option(..., "--reason", help="why it is promoted"),
     config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Move the `champion` alias to VERSION after a person's review (records who and why)."""
-    cfg = _load(config)
+    cfg, _ = _flow_inputs(config, set_)
     from r2w.registry import promote_version
 
     previous = promote_version(cfg, version, by, reason)
@@ -215,9 +223,10 @@ def rollback(
     by: str = typer.Option(..., "--by", help="who decided"),
     reason: str = typer.Option(..., "--reason", help="why"),
     config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Move `champion` back to the version it pointed to before the last promotion."""
-    cfg = _load(config)
+    cfg, _ = _flow_inputs(config, set_)
     from r2w.registry import rollback_champion
 
     version = rollback_champion(cfg, by, reason)
@@ -315,7 +324,8 @@ def hints_list(
     for col in ("id", "category", "status", "support", "source", "hint"):
         table.add_column(col)
     for h in _store(config, set_).list(category=category, status=status_):
-        table.add_row(h.hint_id, h.category, h.status, str(h.support), h.source, f"{h.applicability}: {h.text}")
+        row = (h.hint_id, h.category, h.status, str(h.support), h.source, f"{h.applicability}: {h.text}")
+        table.add_row(*(escape(cell) for cell in row))  # hint text comes from traces: never markup
     console.print(table)
 
 
@@ -418,7 +428,8 @@ def hints_optimize(
     except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
     for call in result.calls:
-        console.print(f"uplift {call.uplift:+.3f}  {call.category}  {' | '.join(call.hints) or '(no valid hints)'}")
+        hints = escape(" | ".join(call.hints) or "(no valid hints)")
+        console.print(f"uplift {call.uplift:+.3f}  {escape(call.category)}  {hints}")
     console.print(
         f"{result.training_failures} failures, {result.episodes_played} teacher episodes, {result.demos} demos kept"
     )
@@ -436,26 +447,36 @@ def collect_import(
     until: str | None = UntilOpt,
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="import the valid records of a file with errors"),
     config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
-    """Import failures from trace files; any invalid record means nothing is written (unless --skip-invalid)."""
-    cfg = _load(config)
-    from r2w.traces import ImportStats, TraceImportError, import_trace_file, parse_when
+    """Import failures from trace files; any invalid record means nothing is written (unless --skip-invalid).
+
+    --skip-invalid skips bad records, never a file that cannot be used (a mistyped path: exit 2).
+    """
+    cfg, _ = _flow_inputs(config, set_)
+    from r2w.traces import ImportStats, TraceImportError, import_trace_file, parse_window
 
     try:
-        parse_when(since, "--since"), parse_when(until, "--until")
+        parse_window(since, until)
     except ValueError as exc:
         _fail(str(exc))
     stats, episodes, errors = ImportStats(), [], []
     for path in paths:
         got, errs = import_trace_file(
-            path, since, until, skip_invalid=skip_invalid, stats=stats, max_record_bytes=cfg.collect.max_record_bytes
+            path,
+            since,
+            until,
+            skip_invalid=skip_invalid,
+            stats=stats,
+            max_record_bytes=cfg.collect.max_record_bytes,
+            privacy=cfg.privacy,
         )
         episodes += got
         errors += errs
-    if errors and not skip_invalid:
+    if errors and (not skip_invalid or any(e.unusable_file for e in errors)):
         _fail(str(TraceImportError(errors)))
     for err in errors[:20]:
-        console.print(f"[yellow]skipped[/] {err}")
+        err_console.print(f"[yellow]skipped[/] {escape(str(err))}")
     _report_import(cfg, episodes, stats, since, until, "collect-import")
 
 
@@ -466,13 +487,15 @@ def collect_mlflow(
     until: str | None = UntilOpt,
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="where the traces are (default: r2w's)"),
     config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Import traces with status ERROR or a failing feedback assessment, within the time window."""
-    cfg = _load(config)
-    from r2w.traces import ImportStats, import_mlflow_traces
+    cfg, _ = _flow_inputs(config, set_)
+    from r2w.traces import ImportStats, import_mlflow_traces, parse_window
 
     stats = ImportStats()
     try:
+        parse_window(since, until)
         episodes = import_mlflow_traces(tracking_uri or cfg.tracking_uri, experiment, since, until, stats=stats)
     except ValueError as exc:
         _fail(str(exc))
@@ -504,14 +527,17 @@ def _report_import(cfg: R2WConfig, episodes, stats, since, until, run_name: str)
         f"read {stats.records} records: {stats.failures} failures imported, {stats.skipped_success} successes and "
         f"{stats.skipped_window} outside the window skipped, {stats.invalid} invalid"
     )
-    console.print(f"failures dataset {ref.short} ({ref.rows} rows) at {ref.path}; MLflow run {run_id}")
+    if ref is None:  # no failures: nothing written (no empty dataset, no MLflow run)
+        console.print("nothing imported: no failures in the window; nothing written")
+        return
+    console.print(f"failures dataset {ref.short} ({ref.rows} rows) at {escape(ref.path)}; MLflow run {run_id}")
 
 
 def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from r2w.config import R2WConfig
 from r2w.contracts import utcnow
 from r2w.faults import fault_point
-from r2w.privacy import Scrubber, loggable_config
+from r2w.privacy import loggable_config, scrub_text
 from r2w.registry import Tag
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
@@ -101,7 +101,7 @@ class Run:
 
     def fail(self, exc: BaseException) -> None:
         """The MLflow run says why it ended; input values quoted in the error are scrubbed first."""
-        message = Scrubber.from_config(self.cfg.privacy).text(f"{type(exc).__name__}: {exc}")
+        message = scrub_text(f"{type(exc).__name__}: {exc}", self.cfg.privacy)
         self.tag(Tag.ERROR, message)
         self.client.set_terminated(self.id, "FAILED")
 

@@ -52,17 +52,33 @@ def stage_cache(*sections: str, ignore: tuple[str, ...] = ()) -> CachePolicy:
 
 
 TRANSIENT = (OSError, ConnectionError, TimeoutError, MemoryError)
+# Bad input is never transient, although some of it is an OSError: a missing or unreadable file,
+# a folder where a file belongs, and every ValueError (ConfigError, TraceImportError, a model that
+# is not there: ModelNotFoundError is a FileNotFoundError). Retrying them only delays exit 2.
+BAD_INPUT = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    FileExistsError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for what can succeed on a second try (I/O, servers not ready, memory pressure)."""
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, BAD_INPUT)
 
 
 def retry_transient(_task, _task_run, state) -> bool:
-    """Retry only what can succeed on a second try (I/O, servers not ready, memory pressure);
-    a bug or bad input fails at once instead of burning retries."""
+    """Prefect `retry_condition_fn`: retry only transient errors; a bug or bad input fails at once
+    instead of burning retries (5 s + 30 s for a missing file, before this rule)."""
     try:
         state.result()
-    except TRANSIENT:
-        return True
-    except Exception:  # noqa: BLE001 - anything else is not worth retrying
-        return False
+    except BaseException as exc:  # noqa: BLE001 - classify, never swallow: the state keeps the error
+        return is_transient(exc)
     return False
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +19,99 @@ from r2w.contracts import content_hash
 from r2w.precision import resolve_dtype
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROJECT_ROOT = CONFIG_DIR.parent
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """Marks a config field (a string or a list of strings) as a path that must exist at load time.
+
+    Why: a missing file used to surface only when the stage that reads it ran, after collect had
+    run, and a FileNotFoundError there was retried as a transient error before the run exited 1.
+    `check_paths` finds every field carrying this marker (no list of fields to keep in sync) and
+    `load_config` turns each missing one into a ConfigError naming the field: exit 2 at once.
+
+    kind: "file", "dir", or "model" (an HF model folder: a dir with config.json).
+    relative: where a relative path is looked up, in order: "cwd" and/or "project" (the repo root).
+    names: values that are names, not paths (bundled models: smollm2, tiny).
+    packages: `prefix:` -> (package, data folder) for values like `reasoning_gym:<file>`.
+    """
+
+    kind: Literal["file", "dir", "model"] = "file"
+    relative: tuple[str, ...] = ("cwd", "project")
+    names: tuple[str, ...] = ()
+    packages: tuple[tuple[str, str, str], ...] = ()
+
+    def problem(self, value: str) -> str | None:
+        """Why `value` is not a usable path (None when it is)."""
+        if value in self.names:
+            return None
+        for prefix, package, folder in self.packages:
+            if value.startswith(prefix):
+                return self._in_package(value, prefix, package, folder)
+        tried = self.candidates(value)
+        for path in tried:
+            if self._usable(path):
+                return None
+        found = next((p for p in tried if p.exists()), None)
+        expected = {"file": "a file", "dir": "a folder", "model": "an HF model folder with config.json"}[self.kind]
+        if self.names:
+            expected += f", or one of {', '.join(self.names)}"
+        if found is not None:
+            what = "a folder" if found.is_dir() else "a file" if found.is_file() else "not a file or folder"
+            return f"{value!r} is {what}; expected {expected}"
+        also = f" (also tried {', '.join(str(p) for p in tried[1:])})" if len(tried) > 1 else ""
+        return f"{value!r}: no such path{also}; expected {expected}"
+
+    def candidates(self, value: str) -> list[Path]:
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return [path]
+        bases = {"cwd": Path.cwd(), "project": PROJECT_ROOT}
+        return [bases[r] / path for r in self.relative]
+
+    def _usable(self, path: Path) -> bool:
+        if self.kind == "file":
+            return path.is_file()
+        if self.kind == "dir":
+            return path.is_dir()
+        return (path / "config.json").is_file()
+
+    def _in_package(self, value: str, prefix: str, package: str, folder: str) -> str | None:
+        import importlib.util
+
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return f"{value!r}: package {package} is not installed"
+        path = Path(list(spec.submodule_search_locations)[0]) / folder / value[len(prefix) :]
+        return None if path.is_file() else f"{value!r}: {path} is not a file"
+
+
+def check_paths(section: BaseModel, prefix: str = "") -> list[str]:
+    """`field: problem` for every InputPath-marked field of `section` (recursively) that is unusable."""
+    problems: list[str] = []
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        dotted = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            problems += check_paths(value, f"{dotted}.")
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            for i, item in enumerate(value):
+                problems += check_paths(item, f"{dotted}.{i}.")
+            continue
+        marker = next((m for m in info.metadata if isinstance(m, InputPath)), None)
+        if marker is None or value in (None, ""):
+            continue
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            problem = marker.problem(str(item))
+            if problem:
+                problems.append(f"{dotted if i is None else f'{dotted}[{i}]'}: {problem}")
+    return problems
+
+
+MODEL_PATH = InputPath(kind="model", relative=("cwd",), names=("smollm2", "tiny"))
 
 
 class Section(BaseModel):
@@ -30,8 +124,10 @@ class RuntimeConfig(Section):
 
 
 class ModelsConfig(Section):
-    base: str = Field("smollm2", description="'smollm2', 'tiny', or a path to an HF model folder")
-    teacher: str | None = Field(None, description="defaults to the base model")
+    base: Annotated[str, MODEL_PATH] = Field(
+        "smollm2", description="'smollm2', 'tiny', or a path to an HF model folder"
+    )
+    teacher: Annotated[str | None, MODEL_PATH] = Field(None, description="defaults to the base model")
     backend: Literal["auto", "transformers", "vllm", "openai"] = "transformers"
     teacher_url: str | None = Field(None, description="OpenAI-compatible server for the teacher")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
@@ -120,7 +216,9 @@ class CollectConfig(Section):
     )
     episodes: int = Field(16, ge=1, description="rollout: training games played by the base agent")
     temperature: float = Field(0.0, ge=0.0)
-    trace_paths: list[str] = Field(default_factory=list, description="traces: files to import")
+    trace_paths: Annotated[list[str], InputPath(relative=("cwd",))] = Field(
+        default_factory=list, description="traces: files to import"
+    )
     mlflow_experiment: str | None = Field(None, description="mlflow: experiment holding the agent's traces")
     mlflow_tracking_uri: str | None = Field(None, description="mlflow: defaults to registry.tracking_uri")
     since: str | None = Field(None, description="ISO start of the window (inclusive) for imported failures")
@@ -160,7 +258,7 @@ class ExtractorConfig(Section):
     url: str | None = None
     model: str | None = None
     max_tokens: int = Field(160, ge=16)
-    program: str | None = Field(
+    program: Annotated[str | None, InputPath()] = Field(
         None, description="compiled extractor JSON from `r2w hints optimize` (path); null = the plain signature"
     )
 
@@ -173,7 +271,7 @@ class HintsConfig(Section):
     max_chars: int = Field(200, ge=20)
     dedup_text_ratio: float = Field(90.0, ge=0, le=100)
     dedup_embedding_similarity: float = Field(0.92, ge=0, le=1)
-    curated_packs: list[str] = Field(default_factory=list)
+    curated_packs: Annotated[list[str], InputPath()] = Field(default_factory=list)
     extractor: ExtractorConfig = ExtractorConfig()
     min_chars: int = Field(8, ge=1, description="screen: shorter hint texts are rejected")
     screen_denylist: list[str] = Field(
@@ -281,8 +379,10 @@ class EvaluateConfig(Section):
         default_factory=lambda: ["leg_counting"],
         description="reasoning_gym families never trained on: log-lik of the reference answer",
     )
-    kl_prompts: str = "configs/retention/general_prompts.txt"
-    general_text: str = Field(
+    kl_prompts: Annotated[str, InputPath(relative=("project",))] = "configs/retention/general_prompts.txt"
+    general_text: Annotated[
+        str, InputPath(relative=("project",), packages=(("reasoning_gym:", "reasoning_gym", "data"),))
+    ] = Field(
         "reasoning_gym:in_the_year_2889.txt",
         description="offline English prose for perplexity drift: 'reasoning_gym:<data file>' or a path",
     )
@@ -444,14 +544,30 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
-        return R2WConfig.model_validate(raw)
+        cfg = R2WConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            + (f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else "")
+            + (
+                f" (got {type(err['input']).__name__} {_quote(err['input'])})"
+                if not isinstance(err.get("input"), dict)
+                else ""
+            )
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+    missing = check_paths(cfg)  # every path-typed field, before any stage runs (exit 2, never a retry)
+    if missing:
+        raise ConfigError(f"{path}: {'; '.join(missing)}")
+    return cfg
+
+
+def _quote(value: object, limit: int = 80) -> str:
+    """A config value quoted in an error: scrubbed (a config can hold a token), shortened."""
+    from r2w.privacy import scrub_text
+
+    text = scrub_text(repr(value).encode("utf-8", "backslashreplace").decode("utf-8"))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_sets(sets: list[str] | None) -> dict:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -232,3 +235,57 @@ class GateReport(Record):
 
     def score(self, policy: str) -> PolicyScore | None:
         return next((s for s in self.scores if s.policy == policy), None)
+
+
+# ---------------------------------------------------------------- walking every string of a record
+
+
+def iter_strings(value: object, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string inside a record, with its dotted path (`steps[0].prompt[1].content`), dict keys too.
+
+    Why generic: privacy scrubbing and the injection screen must cover fields added to a contract
+    later; a hand-written list of fields silently missed `category`, `task_id`, `steps[].prompt` and
+    `valid_actions` once.
+    """
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from iter_strings(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from iter_strings(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield f"{path}.<key>", key
+            yield from iter_strings(item, f"{path}.{key}")
+
+
+def map_strings(value: T, fn: Callable[[str, str], str], path: str = "") -> T:
+    """A copy of `value` with every string replaced by `fn(path, text)` (paths as in `iter_strings`).
+
+    Records are rebuilt with `model_copy`, so unchanged fields and non-string values are kept as is.
+    """
+    if isinstance(value, str):
+        return fn(path, value)  # type: ignore[return-value]
+    if isinstance(value, BaseModel):
+        update = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = map_strings(old, fn, f"{path}.{name}" if path else name)
+            if new is not old:
+                update[name] = new
+        return value.model_copy(update=update) if update else value
+    if isinstance(value, list | tuple):
+        items = [map_strings(item, fn, f"{path}[{i}]") for i, item in enumerate(value)]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        out = {
+            (fn(f"{path}.<key>", k) if isinstance(k, str) else k): map_strings(v, fn, f"{path}.{k}")
+            for k, v in value.items()
+        }
+        return out  # type: ignore[return-value]
+    return value

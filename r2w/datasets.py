@@ -96,6 +96,31 @@ def load_records(ref: DatasetRef | str | Path, record_type: type[R]) -> list[R]:
     return records
 
 
+def record_import(ref: DatasetRef | str | Path, entry: dict) -> list[dict]:
+    """Append one import (its sources, window, time) to the dataset's manifest; returns the list.
+
+    Why: a dataset is content-addressed, so a second import of the same failures (other files,
+    another window) reuses the first one's folder; its manifest must still say every import that
+    produced it, not only the first. The list is append-only, updated under a file lock (two
+    importers never lose each other's entry) and written by temp file + rename (a reader never
+    sees half a manifest).
+    """
+    import fcntl
+
+    folder = Path(ref.path if isinstance(ref, DatasetRef) else ref)
+    with open(folder / ".manifest.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            imports = list(manifest.get("imports", []))
+            imports.append({"at": utcnow().isoformat(), **entry})
+            manifest["imports"] = imports
+            write_json_atomically(folder / "manifest.json", manifest)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return imports
+
+
 def write_json_atomically(path: str | Path, obj: object) -> Path:
     """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
     out = Path(path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from r2w.config import HintsConfig
-from r2w.contracts import Episode
+from r2w.contracts import Episode, iter_strings
 from r2w.privacy import Scrubber
 
 INJECTION_PATTERNS: dict[str, str] = {
@@ -83,13 +83,14 @@ class HintScreen:
 
 
 def trace_injection(episode: Episode, screen: HintScreen) -> list[str]:
-    """Injection kinds found anywhere in an episode's text (task, outcome, observations, actions)."""
-    parts = [episode.task, episode.outcome]
-    for step in episode.steps:
-        parts += [step.observation, step.response, step.action]
+    """Injection kinds found in any string of the episode, found by walking the contract.
+
+    Every field counts (category and task_id go to the extractor too, and a step's prompt and
+    valid actions are model input): a fixed list of fields once skipped them.
+    """
     found: list[str] = []
-    for part in parts:
-        for kind in screen.injection_kinds(part or ""):
+    for _path, part in iter_strings(episode):
+        for kind in screen.injection_kinds(part):
             if kind not in found:
                 found.append(kind)
     return found

@@ -27,6 +27,7 @@ from r2w.contracts import Hint, utcnow
 from r2w.faults import armed_count, fault_after_records
 from r2w.hint_screen import HintScreen
 from r2w.locks import file_lock
+from r2w.privacy import scrub_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -464,9 +465,11 @@ def read_pack(path: str | Path, cfg: HintsConfig, source_label: str | None = Non
             if source_label is not None and isinstance(raw, dict):
                 raw["source"] = source_label
             hints.append(Hint.model_validate(raw))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise ValueError(f"{path}:{lineno}: not a valid Hint: {exc}") from None
+        except (json.JSONDecodeError, ValidationError, RecursionError) as exc:
+            # pydantic quotes the input: a pack line can carry a credential, so the message is scrubbed
+            raise ValueError(scrub_text(f"{path}:{lineno}: not a valid Hint: {exc}")) from None
         reason = screen.reason(hints[-1].applicability, hints[-1].text)
         if reason is not None:
-            raise ValueError(f"{path}:{lineno}: hint rejected by the screen ({reason}): {hints[-1].text[:80]!r}")
+            quoted = scrub_text(repr(hints[-1].text))[:80]  # scrubbed before cut: a cut key escapes the scrubber
+            raise ValueError(f"{path}:{lineno}: hint rejected by the screen ({reason}): {quoted}")
     return hints

@@ -9,12 +9,18 @@ placeholder naming its kind (`[EMAIL]`), so a hint can still say "WHEN the user 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from r2w.config import PrivacyConfig
-from r2w.contracts import Episode
+from r2w.contracts import Episode, map_strings
+
+R = TypeVar("R", bound=BaseModel)
 
 # Order matters: specific token formats before the generic long-secret rules, emails before phones.
 BUILTIN_PATTERNS: dict[str, str] = {
@@ -61,24 +67,26 @@ class Scrubber:
         return [name for name, pattern in self.patterns.items() if pattern.search(value)]
 
     def episode(self, episode: Episode) -> Episode:
-        """A copy of the episode with every free-text field scrubbed (ids, seeds and times untouched)."""
+        """A copy of the episode with every string scrubbed, found by walking the contract.
+
+        Why every string: a field left out of a hand-written list (category, task_id, a step's
+        prompt) once reached the failures dataset and the extractor raw. Identity fields (`*_id`,
+        `*_ids`) stay unique: when scrubbing changes one, a short hash of the original is appended,
+        so two ids that differed only in a secret do not collapse into one.
+        """
         if not self.patterns:
             return episode
-        steps = [
-            s.model_copy(
-                update={
-                    "observation": self.text(s.observation),
-                    "valid_actions": [self.text(a) for a in s.valid_actions],
-                    "prompt": [m.model_copy(update={"content": self.text(m.content)}) for m in s.prompt],
-                    "response": self.text(s.response),
-                    "action": self.text(s.action),
-                }
-            )
-            for s in episode.steps
-        ]
-        return episode.model_copy(
-            update={"task": self.text(episode.task), "outcome": self.text(episode.outcome), "steps": steps}
-        )
+        return map_strings(episode, self._field)
+
+    def record(self, record: R) -> R:
+        """Any contract record with every string scrubbed (see `episode`)."""
+        return map_strings(record, self._field) if self.patterns else record
+
+    def _field(self, path: str, value: str) -> str:
+        out = self.text(value)
+        if out != value and _is_identity(path):
+            out = f"{out}~{hashlib.sha256(value.encode()).hexdigest()[:10]}"
+        return out
 
     def episodes(self, episodes: list[Episode]) -> list[Episode]:
         return [self.episode(e) for e in episodes]
@@ -90,13 +98,27 @@ def scrub_episodes(episodes: list[Episode], cfg: PrivacyConfig | None = None) ->
     return scrubber.episodes(episodes), dict(scrubber.counts)
 
 
+def scrub_text(text: str, cfg: PrivacyConfig | None = None) -> str:
+    """`text` with private data replaced: for error messages, tags and logs that quote input values.
+
+    Built-in kinds are always scrubbed here, even with `privacy.scrub: false`: an error message is
+    never the place a person wants a raw credential.
+    """
+    scrubber = Scrubber.from_config(cfg if cfg is None or cfg.scrub else None)
+    return scrubber.text(text)
+
+
+def _is_identity(path: str) -> bool:
+    """A field that identifies a record (`episode_id`, `task_id`, `hint_ids[3]`): by naming convention."""
+    leaf = re.sub(r"\[\d+\]$", "", path.rsplit(".", 1)[-1])
+    return leaf.endswith(("_id", "_ids"))
+
+
 def loggable_config(cfg) -> dict:
     """The config as logged to MLflow params: canary secrets replaced by a short hash.
 
     A canary is only useful while it appears nowhere but in the traces it was planted in.
     """
-    import hashlib
-
     dumped = cfg.model_dump(mode="json")
     dumped["privacy"]["canaries"] = [
         {"prefix": c["prefix"], "secret_sha256": hashlib.sha256(c["secret"].encode()).hexdigest()[:12]}

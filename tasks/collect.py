@@ -16,7 +16,7 @@ from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, utcnow
-from r2w.datasets import DatasetRef, save_records
+from r2w.datasets import DatasetRef, record_import, save_records
 from r2w.privacy import scrub_episodes
 from r2w.rollout import agent_policy, play
 from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, import_trace_file
@@ -82,11 +82,18 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     if c.source == "traces":
         for path in c.trace_paths:
             got, errs = import_trace_file(
-                path, c.since, c.until, skip_invalid=c.skip_invalid, stats=stats, max_record_bytes=c.max_record_bytes
+                path,
+                c.since,
+                c.until,
+                skip_invalid=c.skip_invalid,
+                stats=stats,
+                max_record_bytes=c.max_record_bytes,
+                privacy=cfg.privacy,
             )
             episodes += got
             errors += errs
-        if errors and not c.skip_invalid:
+        unusable = any(e.unusable_file for e in errors)  # skip_invalid skips bad records, not a mistyped path
+        if errors and (not c.skip_invalid or unusable):
             raise TraceImportError(errors)
     else:
         uri = c.mlflow_tracking_uri or cfg.tracking_uri
@@ -95,6 +102,7 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     root = Path(cfg.data_path) / "datasets"
     meta = {"sources": stats.sources, "window": [c.since, c.until], "invalid_skipped": stats.invalid}
     ref = save_records(episodes, root, "failures", {**meta, "scrubbed": scrubbed})
+    record_import(ref, {"sources": stats.sources, "window": {"since": c.since, "until": c.until}, "rows": ref.rows})
     return CollectResult(
         episodes=ref, failures=ref, n_episodes=stats.records, n_failures=len(episodes), scrubbed=scrubbed
     )

@@ -155,3 +155,91 @@ def passing_report(report_dir: Path):
     (report_dir / "gate_report.md").write_text(render_markdown(report))
     (report_dir / "gate_report.json").write_text(report.model_dump_json())
     return report
+
+
+# ---------------------------------------------------------------- secrets sweep
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file behind a sqlite SQLAlchemy/MLflow URL (sqlite:///x, sqlite+aiosqlite:///x), else None."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    return Path(url.split(":///", 1)[1].split("?", 1)[0])
+
+
+def store_locations(data: Path | None = None, tracking_uri: str | None = None) -> list[Path]:
+    """Everywhere a run can leave text: the data dir (datasets, Chroma, MLflow DB + artifacts, runs),
+    Prefect's home, database (with its WAL) and result storage, MLflow's DB when it lives elsewhere,
+    and the DSPy cache. Prefect's settings are read live: the test harness moves its database to a
+    temp dir, and result storage defaults to ~/.prefect/storage whatever PREFECT_HOME says."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    roots: list[Path] = [Path(data)] if data else []
+    roots += [Path(os.environ["PREFECT_HOME"]), Path(settings.results.local_storage_path).expanduser()]
+    url = settings.server.database.connection_url
+    db = _sqlite_file(url.get_secret_value() if url is not None else "")
+    if db is not None:
+        roots += [db.parent / f"{db.name}{suffix}" for suffix in ("", "-wal", "-journal")]
+    mlflow_db = _sqlite_file(tracking_uri or "")
+    if mlflow_db is not None:
+        roots += [mlflow_db, mlflow_db.parent / "mlartifacts", mlflow_db.parent / "mlruns"]
+    if os.environ.get("DSPY_CACHEDIR"):
+        roots.append(Path(os.environ["DSPY_CACHEDIR"]))
+    return roots
+
+
+def flush_prefect() -> None:
+    """Send buffered Prefect logs and events to the API, so the sweep sees what a run wrote."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=30)
+        except Exception:  # noqa: BLE001 - no worker running: nothing buffered
+            pass
+
+
+def secrets_sweep(secrets: tuple[str, ...] | list[str], *roots: Path) -> dict[str, list[str]]:
+    """{secret: [files holding it]} over every file under `roots` (files or folders; missing ones
+    skipped). Parquet is decoded (compressed pages would hide a string); everything else, SQLite
+    databases and pickles included, is searched as bytes (UTF-8) and as UTF-16 for SQLite's
+    other encodings. Empty dict = nothing leaked."""
+    import pyarrow.parquet as pq
+
+    flush_prefect()
+    found: dict[str, list[str]] = {}
+    files: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            files.append(root)
+        elif root.is_dir():
+            files += [p for p in root.rglob("*") if p.is_file()]
+    needles = {s: (s.encode(), s.encode("utf-16-le")) for s in secrets}
+    for path in dict.fromkeys(files):
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            continue  # a file removed while we walked (a lock, a temp file)
+        if path.suffix == ".parquet":
+            try:
+                blob += json.dumps(pq.read_table(path).to_pylist(), default=str).encode()
+            except Exception:  # noqa: BLE001 - a half-written parquet: its bytes are searched anyway
+                pass
+        for secret, (utf8, utf16) in needles.items():
+            if utf8 in blob or utf16 in blob:
+                found.setdefault(secret, []).append(str(path))
+    return found
+
+
+def tree_digest(root: Path) -> str:
+    """One sha256 over every file under `root` (relative path + content): equal digests, nothing stored changed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

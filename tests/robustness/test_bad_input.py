@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,337 @@ def test_exit_3_when_the_gate_fails_with_fail_on_gate(robust_run):
     result = runner.invoke(app, ["run", "--config", str(config), "--fail-on-gate", "--set", "gate.max_kl=0"])
     assert result.exit_code == 3, result.output
     assert "kl_to_base" in result.output and "nothing registered" in result.output
+
+
+# ---------------------------------------------------------------- issue 21: bad input, by class
+
+
+def _records(n: int = 3) -> list[dict]:
+    return [json.loads(r) for r in _good(n)]
+
+
+def _parquet(path: Path, records: list[dict], layout: str, **kwargs) -> Path:
+    """A Parquet trace file in one of the two documented layouts: a `json` column or field columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if layout == "json":
+        table = pa.table({"json": [json.dumps(r) for r in records]})
+    else:
+        table = pa.Table.from_pylist([{**r, "steps": json.dumps(r["steps"])} for r in records])
+    pq.write_table(table, path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["json", "columns"])
+@pytest.mark.parametrize("row_group_size", [1, 1024])  # footer metadata alone / streamed row by row
+def test_100mb_parquet_record_is_refused_before_it_becomes_python(stocked, tmp_path, layout, row_group_size):
+    """Issue 21.6: the record limit holds for Parquet; the value never becomes a Python string."""
+    import tracemalloc
+
+    from r2w.traces import import_trace_file
+
+    data, _ = stocked
+    good = _records(2)
+    huge = {**good[1], "episode_id": "huge", "task": "x" * (100 * 2**20)}
+    path = _parquet(tmp_path / "huge.parquet", [good[0], huge], layout, row_group_size=row_group_size)
+    del huge
+    assert path.stat().st_size < 10 * 2**20  # a small file holding a huge record
+    tracemalloc.start()
+    try:
+        episodes, errors = import_trace_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert episodes == [] and [(e.record, e.field) for e in errors] == [(2, "<record>")], errors
+    assert "the limit is 8,388,608 (collect.max_record_bytes)" in errors[0].message
+    assert peak < 32 * 2**20, f"peak Python allocation {peak:,} bytes: the record was materialised"
+    before = snapshot(data)
+    result = _import(path, data)
+    assert result.exit_code == 2 and f"{path}: record 2: <record>: record is" in result.output, result.output
+    assert snapshot(data) == before
+
+
+def _corrupt_page(path: Path, group: int, where: str) -> None:
+    """Overwrite bytes of one row group's data page (header or payload); the footer stays intact."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    column = meta.row_group(group).column(meta.num_columns - 1)
+    blob = bytearray(path.read_bytes())
+    first = column.dictionary_page_offset or column.data_page_offset
+    start = column.data_page_offset if where == "header" else first + column.total_compressed_size - 10
+    blob[start : start + 8] = b"\xff\xfe" * 4
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("layout", ["json", "columns"])
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_corrupt_parquet_data_page_is_named_and_exits_2(stocked, tmp_path, layout, where):
+    """Issue 21.7: footer intact, one data page broken: exit 2 naming the file and the row group or
+    record (never a traceback, never exit 1), and nothing stored."""
+    data, _ = stocked
+    path = _parquet(
+        tmp_path / "pages.parquet", _records(3), layout, row_group_size=1, compression="NONE", use_dictionary=False
+    )
+    _corrupt_page(path, 1, where)
+    before = snapshot(data)
+    result = _import(path, data)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"{path}: record 2: " in result.output, result.output
+    assert "Traceback" not in result.output
+    assert snapshot(data) == before
+
+
+def test_trace_text_is_never_read_as_rich_markup(stocked, tmp_path):
+    """Issue 21.8: a key named `[/]` crashed the error printer; `[link=...]` was rendered."""
+    data, _ = stocked
+    good = _good(2)
+    record = {**json.loads(good[1]), "[/]": 1, "seed": "[link=https://evil.example]click[/link]"}
+    path = tmp_path / "markup.jsonl"
+    path.write_text(good[0] + "\n" + json.dumps(record) + "\n")
+    before = snapshot(data)
+    result = _import(path, data)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"{path}: record 2: [/]: Extra inputs are not permitted" in result.output, result.output
+    assert "[link=https://evil.example]click" in result.output  # printed as text, not as a link
+    assert snapshot(data) == before
+
+
+def test_missing_curated_pack_is_a_config_error_before_anything_runs(stocked, tmp_path):
+    """Issue 21.9: every path-typed config field is checked at load time: exit 2, not exit 1 after
+    collect and two retries."""
+    import time
+
+    data, _ = stocked
+    before = snapshot(data)
+    traces = write_traces(tmp_path / "t.jsonl", played_failures(2))
+    missing = str(tmp_path / "no-such-pack.jsonl")
+    cfg = _config(
+        data, tmp_path, collect={"source": "traces", "trace_paths": [str(traces)]}, hints={"curated_packs": [missing]}
+    )
+    with pytest.raises(ConfigError, match=r"hints\.curated_packs\[0\]: .*no-such-pack\.jsonl"):
+        load_config(str(cfg))
+    started = time.monotonic()
+    result = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert result.exit_code == 2 and "hints.curated_packs[0]" in result.output, result.output
+    assert time.monotonic() - started < 30  # no retry delays (5 s + 30 s)
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "named"),
+    [
+        ("hints", {"extractor": {"program": "missing/extractor.json"}}, "hints.extractor.program"),
+        ("evaluate", {"kl_prompts": "configs/retention/missing.txt"}, "evaluate.kl_prompts"),
+        ("evaluate", {"general_text": "reasoning_gym:no_such_text.txt"}, "evaluate.general_text"),
+        ("evaluate", {"general_text": "no/such/prose.txt"}, "evaluate.general_text"),
+        ("collect", {"source": "traces", "trace_paths": ["no-such-traces.jsonl"]}, "collect.trace_paths[0]"),
+        ("models", {"teacher": "no/such/model"}, "models.teacher"),
+    ],
+)
+def test_every_path_field_is_checked_when_the_config_loads(tmp_path, section, value, named):
+    cfg = _config(tmp_path / "data", tmp_path, **{section: value})
+    with pytest.raises(ConfigError, match="cfg.yaml") as err:
+        load_config(str(cfg))
+    assert named in str(err.value), str(err.value)
+
+
+def test_path_fields_are_found_generically():
+    """Every InputPath-marked field is one the loader checks: a new path field cannot be forgotten."""
+    from r2w.config import InputPath, R2WConfig
+
+    def marked(model, prefix=""):
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, __import__("pydantic").BaseModel):
+                yield from marked(ann, f"{prefix}{name}.")
+            elif any(isinstance(m, InputPath) for m in info.metadata):
+                yield prefix + name
+
+    assert set(marked(R2WConfig)) >= {
+        "models.base", "models.teacher", "collect.trace_paths", "hints.curated_packs",
+        "hints.extractor.program", "evaluate.kl_prompts", "evaluate.general_text",
+    }  # fmt: skip
+
+
+def test_bad_input_errors_are_never_retried():
+    """A FileNotFoundError (a missing pack) is bad input: one attempt, no 5 s + 30 s of retries."""
+    from prefect import flow, task
+
+    from r2w.caching import retry_transient
+
+    calls = {"missing": 0, "down": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def missing() -> None:
+        calls["missing"] += 1
+        raise FileNotFoundError("hints.curated_packs: x.jsonl not found")
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def down() -> None:
+        calls["down"] += 1
+        raise ConnectionResetError("server restarting")
+
+    @flow
+    def both() -> None:
+        missing(return_state=True)
+        down(return_state=True)
+
+    both()
+    assert calls == {"missing": 1, "down": 3}
+
+
+def test_invalid_count_is_records_not_errors(tmp_path):
+    from r2w.traces import ImportStats, TraceImportError, import_trace_file
+
+    good = _good(2)
+    two_bad_fields = {**json.loads(good[1]), "seed": "x", "split": 5}
+    path = tmp_path / "two.jsonl"
+    path.write_text(good[0] + "\n" + json.dumps(two_bad_fields) + "\n")
+    stats = ImportStats()
+    _, errors = import_trace_file(path, stats=stats)
+    assert len(errors) == 2 and stats.invalid == 1
+    assert str(TraceImportError(errors)).startswith("1 invalid record(s);")
+
+
+def test_directory_and_missing_paths_are_named_for_what_they_are(tmp_path):
+    from r2w.traces import import_trace_file
+
+    folder = tmp_path / "traces.jsonl"
+    folder.mkdir()
+    (_, [err]) = import_trace_file(folder)
+    assert "is a directory" in err.message and str(folder) in str(err)
+    (_, [err]) = import_trace_file(tmp_path / "nope.jsonl")
+    assert err.message == "no such file"
+
+
+def test_errors_go_to_stderr_and_results_to_stdout(stocked, tmp_path):
+    data, _ = stocked
+    good = _good(2)
+    path = tmp_path / "bad.jsonl"
+    path.write_text(good[0] + "\n" + json.dumps({**json.loads(good[1]), "seed": "x"}) + "\n")
+    result = _import(path, data)
+    assert result.exit_code == 2
+    assert "record 2: seed" in result.stderr and "record 2" not in result.stdout
+
+
+def test_skip_invalid_never_skips_a_mistyped_path(stocked, tmp_path):
+    data, _ = stocked
+    before = snapshot(data)
+    cfg = _config(data, tmp_path)
+    for bad in (tmp_path / "typo.jsonl", tmp_path):
+        result = runner.invoke(app, ["collect", "import", str(bad), "--skip-invalid", "--config", str(cfg)])
+        assert result.exit_code == 2 and str(bad) in result.output, result.output
+    assert snapshot(data) == before
+
+
+def test_import_of_zero_failures_writes_nothing(stocked, tmp_path):
+    data, _ = stocked
+    wins = write_traces(tmp_path / "wins.jsonl", [e.model_copy(update={"success": True}) for e in played_failures(2)])
+    before = snapshot(data)
+    runs_before = _runs(data)
+    result = _import(wins, data)
+    assert result.exit_code == 0 and "nothing written" in result.output, result.output
+    assert snapshot(data) == before and _runs(data) == runs_before
+
+
+def _runs(data: Path) -> int:
+    from r2w.tracking import client_for
+
+    client = client_for(load_config("test", {"data_dir": str(data)}))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(experiments)) if experiments else 0
+
+
+def test_reused_dataset_records_every_import(tmp_path):
+    """The same failures imported from two files in two windows: one content-addressed folder, and
+    its manifest lists both imports."""
+    good = _records(2)
+    first = tmp_path / "a.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in good))
+    second = tmp_path / "b.jsonl"
+    second.write_text(first.read_text())
+    cfg = _config(tmp_path / "data", tmp_path)
+    for path, since in ((first, "2026-01-01"), (second, "2026-02-01")):
+        args = ["collect", "import", str(path), "--since", since, "--config", str(cfg)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    (manifest,) = (tmp_path / "data" / "datasets" / "failures").glob("*/manifest.json")
+    imports = json.loads(manifest.read_text())["imports"]
+    assert [i["sources"] for i in imports] == [[str(first)], [str(second)]]
+    assert [i["window"]["since"][:10] for i in imports] == ["2026-01-01", "2026-02-01"]
+
+
+@pytest.mark.parametrize("command", ["import", "mlflow"])
+def test_inverted_window_exits_2(tmp_path, command):
+    cfg = _config(tmp_path / "data", tmp_path)
+    target = ["import", str(write_traces(tmp_path / "t.jsonl", played_failures(2)))]
+    if command == "mlflow":
+        target = ["mlflow", "--experiment", "anything"]
+    result = runner.invoke(
+        app, ["collect", *target, "--since", "2026-11-05", "--until", "2026-11-01", "--config", str(cfg)]
+    )
+    assert result.exit_code == 2 and "--until" in result.output, result.output
+
+
+def test_created_at_in_the_future_is_rejected(tmp_path):
+    from r2w.traces import import_trace_file
+
+    good = _records(3)
+    good[1]["created_at"] = "9999-12-31T00:00:00"
+    good[2]["created_at"] = datetime.now(UTC).isoformat()  # now is fine (clock skew allowance)
+    path = tmp_path / "future.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in good))
+    episodes, errors = import_trace_file(path)
+    assert [(e.record, e.field) for e in errors] == [(2, "created_at")], errors
+    assert "in the future" in errors[0].message and "9999" in errors[0].message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["collect", "import", "x.jsonl"],
+        ["collect", "mlflow", "--experiment", "x"],
+        ["promote", "1", "--by", "me", "--reason", "ok"],
+        ["rollback", "--by", "me", "--reason", "ok"],
+    ],
+)
+def test_set_is_accepted_by_every_config_command(tmp_path, args):
+    """--set overrides reach the config: a bad override is a config error naming it (exit 2)."""
+    result = runner.invoke(app, [*args, "-c", "test", "--set", "gate.max_kl=-1"])
+    assert result.exit_code == 2 and "gate.max_kl" in result.output, result.output
+
+
+def test_run_summary_shows_each_stage_state():
+    from flows.retrain import RunSummary
+
+    summary = RunSummary(mlflow_run_id="r", config="c", stage_states={"collect": "Cached", "train": "Completed"})
+    result = CliRunner().invoke(typer_app_printing(summary), [])
+    assert "collect Cached" in result.output and "train Completed" in result.output, result.output
+
+
+def typer_app_printing(summary):
+    import typer
+
+    from flows.cli import print_summary
+
+    one = typer.Typer()
+
+    @one.command()
+    def show() -> None:
+        print_summary(summary)
+
+    return one
+
+
+def test_long_keys_are_shortened_and_a_bom_is_accepted(tmp_path):
+    from r2w.traces import import_trace_file
+
+    good = _good(2)
+    path = tmp_path / "bom.jsonl"
+    key = "k" * 10_000
+    path.write_bytes(b"\xef\xbb\xbf" + good[0].encode() + b"\n" + json.dumps({**json.loads(good[1]), key: 1}).encode())
+    _, errors = import_trace_file(path)
+    assert [(e.record, len(e.field) <= 80, e.field[:3]) for e in errors] == [(2, True, "kkk")], errors
