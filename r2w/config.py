@@ -17,6 +17,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from r2w.contracts import content_hash
 from r2w.precision import resolve_dtype
+from r2w.privacy import scrub_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROJECT_ROOT = CONFIG_DIR.parent
@@ -564,8 +565,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _quote(value: object, limit: int = 80) -> str:
     """A config value quoted in an error: scrubbed (a config can hold a token), shortened."""
-    from r2w.privacy import scrub_text
-
     text = scrub_text(repr(value).encode("utf-8", "backslashreplace").decode("utf-8"))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -131,9 +131,10 @@ class Episode(Record):
         """Read older schema versions: v1 has no tool fields and no version number."""
         if isinstance(data, dict) and "schema_version" not in data:
             data = {**data, "schema_version": EPISODE_SCHEMA_VERSION}
-        if isinstance(data, dict) and data.get("schema_version", 0) > EPISODE_SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version > EPISODE_SCHEMA_VERSION:  # other types: pydantic names the field
             raise ValueError(
-                f"schema_version {data['schema_version']} is newer than this r2w reads ({EPISODE_SCHEMA_VERSION})"
+                f"schema_version {version} is newer than this r2w reads ({EPISODE_SCHEMA_VERSION})"
             )
         return data
 

@@ -13,12 +13,14 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 
-from r2w.config import PrivacyConfig
 from r2w.contracts import Episode, map_strings
+
+if TYPE_CHECKING:  # the config imports this module (errors quote values scrubbed): no import back at runtime
+    from r2w.config import PrivacyConfig
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -48,9 +50,9 @@ class Scrubber:
 
     @classmethod
     def from_config(cls, cfg: PrivacyConfig | None = None) -> Scrubber:
-        cfg = cfg or PrivacyConfig()
-        table = dict(BUILTIN_PATTERNS) if cfg.scrub else {}
-        if cfg.scrub:
+        """Built-in kinds plus the config's patterns; no config means the built-in kinds (the default)."""
+        table = dict(BUILTIN_PATTERNS) if cfg is None or cfg.scrub else {}
+        if cfg is not None and cfg.scrub:
             table.update(cfg.patterns)
         return cls({name: re.compile(p) for name, p in table.items()})
 

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from r2w.contracts import Episode, Message, Step, content_hash, iter_strings
 from r2w.datasets import record_import, save_records
-from r2w.privacy import scrub_episodes
+from r2w.privacy import scrub_episodes, scrub_text
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
 REQUIRED = ("episode_id", "env", "category", "task_id", "split", "seed", "task", "created_at")
@@ -78,8 +78,6 @@ class RecordError:
 
 def safe_text(text: str, cfg=None) -> str:
     """Text quoted from untrusted input, fit for messages: secrets scrubbed, encodable as UTF-8."""
-    from r2w.privacy import scrub_text
-
     return scrub_text(text.encode("utf-8", "backslashreplace").decode("utf-8"), cfg)
 
 

@@ -13,9 +13,18 @@ import argparse
 import json
 import statistics
 
+from evaluation.environments.bfcl import (
+    MULTI_TURN_CATEGORIES,
+    SINGLE_TURN_CATEGORIES,
+    BFCLFactory,
+    check,
+    gold_turn,
+    load_category,
+)
+from r2w.environment import TaskSpec
+
 
 def _multi_turn_gold_pass(factory, entries) -> int:
-    from r2w.environment import TaskSpec
 
     env, passed = factory.make(), 0
     try:
@@ -31,7 +40,6 @@ def _multi_turn_gold_pass(factory, entries) -> int:
 
 
 def probe(category: str, test_fraction: float) -> dict:
-    from evaluation.environments.bfcl import MULTI_TURN_CATEGORIES, BFCLFactory, check, gold_turn, load_category
 
     factory = BFCLFactory(category, test_fraction)
     entries = load_category(category)
@@ -57,7 +65,6 @@ def _n_calls(answer: list, multi: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from evaluation.environments.bfcl import MULTI_TURN_CATEGORIES, SINGLE_TURN_CATEGORIES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--test-fraction", type=float, default=0.5)
