@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from r2w.contracts import GateReport
+from r2w.contracts import Episode, GateReport, Hint
 
 
 def render_markdown(report: GateReport, lineage: dict[str, str] | None = None, title: str = "r2w gate report") -> str:
@@ -69,3 +70,32 @@ def render_plot(report: GateReport, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def render_transcript(base: list[Episode], student: list[Episode], first: int = 5, most_differing: int = 10) -> str:
+    """Base and student side by side on the same held-out tasks: the first `first`, then the tasks where
+    their outcomes differ (what a reviewer wants to read before promoting)."""
+    by_task = {e.task_id: e for e in base}
+    pairs = [(by_task[s.task_id], s) for s in student if s.task_id in by_task]
+    differ = [p for p in pairs if p[0].success != p[1].success]
+    chosen = pairs[:first] + [p for p in differ if p not in pairs[:first]][:most_differing]
+    won, lost = sum(s.success and not b.success for b, s in pairs), sum(b.success and not s.success for b, s in pairs)
+    lines = [
+        "# Base vs student on held-out tasks (both hint-free, greedy)",
+        "",
+        f"{len(pairs)} paired tasks: the student solved {won} that the base did not, and lost {lost}.",
+        f"Shown: the first {min(first, len(pairs))}, then up to {most_differing} where the outcomes differ.",
+    ]
+    for b, s in chosen:
+        lines += ["", f"## {b.task_id}", "", f"> {b.task[:500]}", ""]
+        for name, episode in (("base", b), ("student", s)):
+            actions = " | ".join(step.action.replace("\n", " ")[:160] for step in episode.steps) or "(no steps)"
+            lines.append(f"- **{name}** ({episode.outcome}, {episode.total_tokens} tokens): {actions}")
+    return "\n".join(lines) + "\n"
+
+
+def render_hint_set(hints: list[Hint], snapshot: str) -> str:
+    """The hints the teacher retrieved from, as JSON a reviewer (or `r2w hints import`) can read."""
+    rows = [h.model_dump(mode="json", include={"hint_id", "category", "applicability", "text", "source", "support"})
+            for h in hints]  # fmt: skip
+    return json.dumps({"snapshot": snapshot, "hints": rows}, indent=2, ensure_ascii=False)

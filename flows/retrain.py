@@ -120,6 +120,7 @@ def six_steps(cfg: R2WConfig, run: Run) -> RunSummary:
     start = resolve_student_base(cfg, models.base_path)  # init_from=champion: on the champion's merged model
     lineage.student_base, lineage.parent_version = str(start.path), start.parent_version or ""
     student = run.stage("train", train_task, cfg=cfg, dataset=dataset, start=start)
+    run.log_series("train.loss", student.train_losses)  # the loss curve, one point per logged step
     lineage.student = Path(student.adapter_dir).parent.name  # lets a rerun adopt what a killed run registered
 
     # 5. evaluate hint-free on held-out tasks against base, base+hints and random; then the gates
@@ -128,7 +129,7 @@ def six_steps(cfg: R2WConfig, run: Run) -> RunSummary:
     evaluation = run.stage("evaluate", evaluate_task, cfg=cfg, base_backend=models.base, student_backend=student_model,
                            retrieve=store.retrieve, hint_snapshot=lineage.hint_snapshot)
     report, report_dir = run.stage("gate", gate_task, cfg=cfg, evaluation=evaluation, leakage=dataset.leakage,
-                                   out_dir=cfg.data_path / "runs" / run.id, lineage=lineage)
+                                   out_dir=cfg.data_path / "runs" / run.id, lineage=lineage, hints=active)
     summary.scores = {s.policy: format_score(s) for s in evaluation.scores}
     summary.gate_passed, summary.reasons = report.passed, report.reasons
     summary.report_path = str(report_dir / "gate_report.md")

@@ -84,6 +84,10 @@ class Run:
     def log(self, metrics: dict[str, float]) -> None:
         log_metrics(self.client, self.id, metrics)
 
+    def log_series(self, key: str, values: list[float]) -> None:
+        for step, value in enumerate(values):
+            log_metrics(self.client, self.id, {key: value}, step=step)
+
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.id, key, value[:5000])
 

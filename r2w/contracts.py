@@ -133,9 +133,7 @@ class Episode(Record):
             data = {**data, "schema_version": EPISODE_SCHEMA_VERSION}
         version = data.get("schema_version") if isinstance(data, dict) else None
         if isinstance(version, int) and version > EPISODE_SCHEMA_VERSION:  # other types: pydantic names the field
-            raise ValueError(
-                f"schema_version {version} is newer than this r2w reads ({EPISODE_SCHEMA_VERSION})"
-            )
+            raise ValueError(f"schema_version {version} is newer than this r2w reads ({EPISODE_SCHEMA_VERSION})")
         return data
 
     @property

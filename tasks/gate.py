@@ -22,7 +22,7 @@ from evaluation.canary import canary_leaks
 from evaluation.environments import make_environment
 from evaluation.gates import apply_gates
 from evaluation.metrics import paired_counts, score_episodes, score_metrics
-from evaluation.report import render_markdown, render_plot
+from evaluation.report import render_hint_set, render_markdown, render_plot, render_transcript
 from evaluation.retention import (
     collect_gold_decisions,
     load_general_passages,
@@ -34,8 +34,8 @@ from evaluation.retention import (
 from r2w.backends.hf import TransformersBackend
 from r2w.caching import expensive_stage
 from r2w.config import EnvConfig, R2WConfig
-from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, GateReport, PolicyScore
-from r2w.datasets import DatasetRef, save_records
+from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, Episode, GateReport, Hint, PolicyScore
+from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.registry import Lineage
 from r2w.rollout import RandomPolicy, agent_policy, play
 
@@ -145,8 +145,10 @@ def gate(
     leakage: dict[str, int],
     out_dir: Path,
     lineage: Lineage | dict[str, str],
+    hints: list[Hint] | None = None,
 ) -> tuple[GateReport, Path]:
-    """Apply the configured gate policy and write the report (markdown, JSON, plot) to out_dir."""
+    """Apply the configured gate policy and write what a reviewer reads to out_dir: the report (markdown,
+    JSON, plot), a base-vs-student transcript on the same held-out tasks, and the hint set taught with."""
     lineage = Lineage.model_validate(lineage)
     report = apply_gates(
         cfg.gate,
@@ -162,6 +164,10 @@ def gate(
     (out_dir / "paired_student_vs_base.json").write_text(json.dumps(evaluation.paired_student_vs_base))
     (out_dir / "paired_base_hints_vs_base.json").write_text(json.dumps(evaluation.paired_hints_vs_base))
     render_plot(report, out_dir / "gate_report.png")
+    episodes = load_records(evaluation.episodes, Episode)
+    base, student = ([e for e in episodes if e.policy == p] for p in (BASE, STUDENT))
+    (out_dir / "transcript.md").write_text(render_transcript(base, student))
+    (out_dir / "hints.json").write_text(render_hint_set(hints or [], lineage.hint_snapshot))
     return report, out_dir
 
 

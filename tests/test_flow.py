@@ -52,6 +52,22 @@ def test_passing_student_is_registered_as_challenger_with_lineage(passing_run, d
         client.get_model_version_by_alias(cfg.registry.model_name, "champion")
 
 
+def test_a_reviewer_finds_transcript_hints_loss_curve_and_plot_in_mlflow(passing_run, data_dir):
+    import json
+
+    cfg, client = _client(data_dir)
+    version = client.get_model_version(cfg.registry.model_name, passing_run.registered_version)
+    files = {a.path for a in client.list_artifacts(version.run_id, "gate")}
+    assert {"gate/transcript.md", "gate/hints.json", "gate/gate_report.png", "gate/gate_report.md"} <= files
+    local = client.download_artifacts(version.run_id, "gate", str(data_dir / "review"))
+    transcript = (data_dir / "review" / "gate" / "transcript.md").read_text()
+    assert "paired tasks" in transcript and "**base**" in transcript and "**student**" in transcript, local
+    hints = json.loads((data_dir / "review" / "gate" / "hints.json").read_text())
+    assert hints["snapshot"] == version.tags["r2w.hint_snapshot"] and hints["hints"]
+    losses = client.get_metric_history(version.run_id, "train.loss")
+    assert len(losses) >= 2 and sorted(m.step for m in losses) == list(range(len(losses)))
+
+
 def test_impossible_gate_registers_nothing(passing_run, data_dir):
     from flows.retrain import retrain
 
