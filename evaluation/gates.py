@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from r2w.config import GateConfig
-from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, GateCheck, GateReport, PolicyScore
+from r2w.contracts import BASE, BASE_HINTS, BASE_SAMPLED, RANDOM, STUDENT, GateCheck, GateReport, PolicyScore
 
 
 def _mlflow_passes(name: str, value: float, threshold: float, comparison: str) -> bool:
@@ -69,6 +69,7 @@ def apply_gates(
     by = {s.policy: s for s in scores}
     base, hinted, student = by[BASE], by[BASE_HINTS], by[STUDENT]
     random = by.get(RANDOM)
+    baselines = [s for s in (random, base, by.get(BASE_SAMPLED)) if s is not None]
     checks = [
         _check(
             "gain_over_base",
@@ -84,6 +85,14 @@ def apply_gates(
             ">=",
             f"student {student.rate:.3f} - random valid action {random.rate if random else float('nan'):.3f}"
             + (" (check off: threshold -1)" if policy.min_gain_over_random <= -1 else ""),
+        ),
+        _check(
+            "gain_over_best_baseline",
+            student.rate - max(s.rate for s in baselines),
+            policy.min_gain_over_best_baseline,
+            ">=",
+            f"student {student.rate:.3f} - best of {', '.join(f'{s.policy} {s.rate:.3f}' for s in baselines)}"
+            + (" (check off: threshold -1)" if policy.min_gain_over_best_baseline <= -1 else ""),
         ),
         _check(
             "fraction_of_base_hints",

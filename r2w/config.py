@@ -373,6 +373,9 @@ class DistillConfig(Section):
 class EvaluateConfig(Section):
     test_episodes: int = Field(32, ge=1)
     random_episodes: int = Field(200, ge=1, description="random-valid-action baseline episodes")
+    sampled_baseline: bool = Field(
+        True, description="also score the base sampled at teach.temperature (one sample per test task)"
+    )
     retention_games: list[str] = Field(default_factory=lambda: ["coin"], description="TWX games never trained on")
     retention_params: str = ""
     retention_tasks: int = Field(8, ge=1)
@@ -395,6 +398,9 @@ class GateConfig(Section):
     min_gain_over_base: float = Field(0.0, ge=-1, le=1)
     min_gain_over_random: float = Field(
         -1.0, ge=-1, le=1, description="student - random-valid-action success; -1 records it without gating"
+    )
+    min_gain_over_best_baseline: float = Field(
+        -1.0, ge=-1, le=1, description="student - the best of random, base greedy and base sampled; -1 records it"
     )
     min_base_hints_fraction: float = Field(
         0.0,

@@ -31,6 +31,7 @@ def content_hash(payload: object) -> str:
 # retrieved hints in its prompt; `teacher` is the model that generated training data (teach stage),
 # which may be another model behind a URL. They were both called "teacher" once, and that misled.
 RANDOM, BASE, BASE_HINTS, STUDENT, TEACHER = "random", "base", "base+hints", "student", "teacher"
+BASE_SAMPLED = "base-sampled"  # the base model, hint-free, one sample at the teacher's temperature
 
 
 class Record(BaseModel):

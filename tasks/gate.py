@@ -34,7 +34,7 @@ from evaluation.retention import (
 from r2w.backends.hf import TransformersBackend
 from r2w.caching import expensive_stage
 from r2w.config import EnvConfig, R2WConfig
-from r2w.contracts import BASE, BASE_HINTS, RANDOM, STUDENT, Episode, GateReport, Hint, PolicyScore
+from r2w.contracts import BASE, BASE_HINTS, BASE_SAMPLED, RANDOM, STUDENT, Episode, GateReport, Hint, PolicyScore
 from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.registry import Lineage
 from r2w.rollout import RandomPolicy, agent_policy, play
@@ -72,6 +72,9 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
         score_episodes(BASE_HINTS, hinted_eps),
         score_episodes(STUDENT, student_eps),
     ]
+    if cfg.evaluate.sampled_baseline:  # the strongest simple baseline may be the base's own sampling
+        sampled = agent_policy(cfg, base_backend, BASE_SAMPLED, temperature=cfg.teach.temperature)
+        scores.append(score_episodes(BASE_SAMPLED, play(cfg, factory, tasks, sampled, f"evaluate {BASE_SAMPLED}")))
     student_model = logits_model(student_backend, cfg.models.dtype)  # loaded once: retention and canaries share it
     retention = measure_retention(cfg, base_backend, student_model)
     privacy = probe_canaries(cfg, student_backend, student_model)

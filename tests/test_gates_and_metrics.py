@@ -35,3 +35,16 @@ def test_leakage_gate():
     scores = [_score("random", 1), _score("base", 1), _score("base+hints", 1), _score("student", 1)]
     report = apply_gates(GateConfig(min_gain_over_base=-1), scores, {}, {"leak_remaining": 2})
     assert not report.passed and [c.name for c in report.checks if not c.passed] == ["leakage"]
+
+
+def test_gain_over_the_best_simple_baseline_counts_base_sampled():
+    scores = [_score("random", 19), _score("base", 0), _score("base-sampled", 30), _score("base+hints", 50),
+              _score("student", 35)]  # fmt: skip
+    report = apply_gates(GateConfig(min_gain_over_best_baseline=0.10), scores, {}, {})
+    check = next(c for c in report.checks if c.name == "gain_over_best_baseline")
+    assert check.value == pytest.approx(0.05) and not check.passed  # vs base-sampled, the best of the three
+    assert "base-sampled 0.300" in check.detail and not report.passed
+    without = apply_gates(
+        GateConfig(min_gain_over_best_baseline=0.10), [s for s in scores if s.policy != "base-sampled"], {}, {}
+    )
+    assert next(c for c in without.checks if c.name == "gain_over_best_baseline").value == pytest.approx(0.16)
