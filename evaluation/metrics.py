@@ -48,7 +48,8 @@ def paired_counts(a: list[Episode], b: list[Episode]) -> dict[str, int]:
 
 
 def format_score(s: PolicyScore) -> str:
-    return f"{s.rate:.0%} ({s.successes}/{s.n}, 95% CI {s.ci_low:.0%}-{s.ci_high:.0%})"
+    interval = f"95% CI {s.ci_low:.0%}-{s.ci_high:.0%}"
+    return f"{s.rate:.0%} ({s.successes}/{s.n}, {interval}), {s.mean_tokens:.0f} tokens/episode"
 
 
 def score_metrics(scores: list[PolicyScore]) -> dict[str, float]:
