@@ -89,7 +89,7 @@ def run_row(run, cfg: R2WConfig, config: str) -> dict | None:
         "command": command(config, overrides),
         "scores": {
             p: _score(report, metrics, p, random_n if p == "random" else test_n)
-            for p in ("random", "base", "base_hints", "student")
+            for p in ("random", "base", "base-sampled", "base_hints", "student")
         },
         "retention_drops": {k.removeprefix("retention.drop."): v for k, v in metrics.items() if ".drop." in k},
         "kl": metrics.get("retention.kl_base_student"),
