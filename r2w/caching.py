@@ -21,12 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy, CompoundCachePolicy
 from pydantic import BaseModel
 
 from r2w.config import R2WConfig
 from r2w.contracts import content_hash
-from r2w.datasets import DatasetRef, verify_dataset
+from r2w.datasets import DatasetRef, discard_dataset, verify_dataset
 
 log = logging.getLogger(__name__)
 
@@ -65,32 +65,41 @@ def stage_cache(*sections: str, ignore: tuple[str, ...] = (), check: ResultCheck
     def key(_ctx, parameters: dict[str, Any]) -> str:
         return content_hash({n: _fingerprint(v, sections) for n, v in parameters.items() if n not in ignore})
 
-    return VerifiedCache(policy=CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE, check=check)
+    return VerifiedCache(policies=[CacheKeyFnPolicy(cache_key_fn=key), TASK_SOURCE], check=check)
 
 
 @dataclass
-class VerifiedCache(CachePolicy):
-    """A cache policy whose hits must still be true: before Prefect looks a key up, the stored result is read
-    and, if it names datasets or folders that are gone or damaged (or `check` objects), it is expired in place
-    (rewritten with an expiration in the past, Prefect's own cache-expiry mechanism), so the stage recomputes
-    and overwrites it. Any storage block works: nothing is deleted behind Prefect's back."""
+class VerifiedCache(CompoundCachePolicy):
+    """A compound cache policy (same keys as `policies` combined) whose hits must still be true: before
+    Prefect looks a key up, the stored result is read and, if it names datasets or folders that are gone or
+    damaged (or `check` objects), it is expired in place (rewritten with an expiration in the past, Prefect's
+    own cache-expiry mechanism), so the stage recomputes and overwrites it. Any storage block works: nothing
+    is deleted behind Prefect's back."""
 
-    policy: CachePolicy | None = None
     check: ResultCheck | None = None
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
-        if self.policy is None:
-            return None
-        key = self.policy.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
+        key = super().compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
         if key is not None and task_ctx is not None and task_ctx.result_store is not None:
             expire_if_stale(task_ctx.result_store, key, inputs, self.check, task_ctx.task.name)
         return key
+
+    def __add__(self, other: CachePolicy) -> CachePolicy:
+        combined = super().__add__(other)  # a plain CompoundCachePolicy: keep verifying
+        return VerifiedCache(
+            policies=combined.policies,
+            key_storage=combined.key_storage,
+            isolation_level=combined.isolation_level,
+            lock_manager=combined.lock_manager,
+            check=self.check,
+        )
 
 
 def expire_if_stale(store, key: str, inputs: dict[str, Any], check: ResultCheck | None = None, name: str = "") -> str:
     """Expire the result stored under `key` when it can no longer be trusted; returns the reason ('' if kept)."""
     if not store.exists(key):
         return ""
+    result: Any = None
     try:
         result = store.read(key).result
         reason = stale_reason(result) or (check(result, inputs) if check else None)
@@ -100,7 +109,24 @@ def expire_if_stale(store, key: str, inputs: dict[str, Any], check: ResultCheck 
         return ""
     log.warning("cached result of %s is stale, recomputing: %s", name or "a stage", reason)
     store.write(None, key=key, expiration=datetime.now(UTC) - timedelta(seconds=1))
+    for ref in _dataset_refs(result):  # damaged versions go: the recomputed data may hash differently
+        if Path(ref.path).exists() and verify_dataset(ref) is not None:
+            discard_dataset(ref.path)
     return reason
+
+
+def _dataset_refs(value: Any) -> Iterator[DatasetRef]:
+    if isinstance(value, DatasetRef):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _dataset_refs(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _dataset_refs(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _dataset_refs(item)
 
 
 def stale_reason(value: Any) -> str | None:

@@ -58,7 +58,7 @@ def save_records(records: list[R], root: str | Path, kind: str, meta: dict | Non
     if (final / "manifest.json").is_file():
         if verify_dataset(ref) is None:
             return ref
-        _set_aside(final)  # a damaged copy of this content: never trusted, rewritten below
+        discard_dataset(final)  # a damaged copy of this content: never trusted, rewritten below
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:8]}-", dir=final.parent))
     try:
@@ -121,8 +121,9 @@ def _data_hash(path: Path, record_type: str | None) -> str:
     return content_hash([json.loads(s) for s in rows])
 
 
-def _set_aside(folder: Path) -> None:
-    """Move a damaged dataset folder out of the way (renamed first, so a reader never sees it half-deleted)."""
+def discard_dataset(folder: str | Path) -> None:
+    """Remove a damaged dataset folder (renamed first, so a reader never sees it half-deleted)."""
+    folder = Path(folder)
     aside = folder.with_name(f".damaged-{folder.name}-{os.getpid()}-{os.urandom(3).hex()}")
     try:
         os.rename(folder, aside)
