@@ -91,8 +91,10 @@ def run(
     from flows.retrain import retrain
     from r2w.hintstore import HintStoreUnavailable
     from r2w.models import ModelNotFoundError
+    from r2w.runstate import local_api
     from r2w.traces import TraceImportError
 
+    local_api()  # reap a killed run's server; first start of Prefect's DB one process at a time
     try:
         summary = retrain(config=config, overrides=overrides)
     except (ModelNotFoundError, ConfigError, TraceImportError) as exc:
@@ -141,21 +143,24 @@ def status(
 ) -> None:
     """Last runs and registered versions (with aliases)."""
     cfg = _load(config, set_)
-    from r2w.tracking import client_for
+    from r2w.tracking import client_for, mark_dead_runs
 
     client = client_for(cfg)
     exp = client.get_experiment_by_name(cfg.registry.experiment)
+    if exp:  # a SIGKILLed run stays RUNNING forever unless someone proves its owner dead
+        mark_dead_runs(client, [exp.experiment_id], found_by="r2w status")
     runs = (
         client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
         if exp
         else []
     )
     table = Table(title=f"recent runs ({cfg.tracking_uri})")
-    for col in ("run", "started", "gate", "student success", "version"):
+    for col in ("run", "status", "started", "gate", "student success", "version"):
         table.add_column(col)
     for r in runs:
         table.add_row(
             r.info.run_id[:12],
+            r.info.status,
             datetime.fromtimestamp(r.info.start_time / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
             r.data.tags.get("r2w.gate", "-"),
             f"{r.data.metrics.get('eval.student.success', float('nan')):.2f}",

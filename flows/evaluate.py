@@ -33,6 +33,7 @@ def evaluate_version(version: str, config: str = "demo", overrides: dict[str, An
 
     from evaluation.metrics import score_metrics
     from r2w.backends import make_backend
+    from r2w.caching import results_under
     from r2w.contracts import utcnow
     from r2w.hintstore import HintStore
     from r2w.models import resolve_model
@@ -56,7 +57,8 @@ def evaluate_version(version: str, config: str = "demo", overrides: dict[str, An
     student = make_backend("transformers", base_path, adapter_path=adapter, dtype=cfg.models.dtype)
     store = HintStore(cfg.hints, cfg.data_path)
     run_id = start_run(client, cfg, f"evaluate-v{version}", tags={"r2w.evaluates_version": str(version)})
-    evaluation = evaluate_task(cfg, base, student, store.retrieve, store.snapshot_id())
+    with results_under(cfg.data_path):  # cached evaluations live under this project's data dir
+        evaluation = evaluate_task(cfg, base, student, store.retrieve, store.snapshot_id())
     leakage = {
         k.removeprefix("leakage."): int(v)
         for k, v in client.get_run(mv.run_id).data.metrics.items()

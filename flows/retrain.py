@@ -23,13 +23,13 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from r2w.backends import make_backend, make_student_backend
-from r2w.caching import results_under
 from r2w.config import R2WConfig, load_config
 from r2w.contracts import DistillExample, Episode, Trajectory, content_hash, utcnow
 from r2w.datasets import load_records, save_records
 from r2w.faults import fault_point
 from r2w.models import resolve_model
 from r2w.privacy import loggable_config
+from r2w.runstate import run_state
 from r2w.runtime import configure_environment, set_torch_threads
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
@@ -71,7 +71,7 @@ def retrain(config: str = "demo", overrides: dict[str, Any] | None = None) -> Ru
     """
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
-    with one_run_per_model(cfg.registry.model_name, cfg.data_path / "locks"), results_under(cfg.data_path):
+    with one_run_per_model(cfg.registry.model_name, cfg.data_path / "locks"), run_state(cfg.data_path):
         return _retrain(cfg)
 
 
