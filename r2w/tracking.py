@@ -35,9 +35,9 @@ def client_for(cfg: R2WConfig):
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
-    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-    open_stores(client, cfg.tracking_uri)
-    return client
+    return open_stores(
+        lambda: MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri), cfg.tracking_uri
+    )
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -48,28 +48,30 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :].split("?", 1)[0])
 
 
-def open_stores(client, uri: str) -> None:
-    """Create (first use) or open the tracking and registry tables of a SQLite store, one process at a time.
+def open_stores(make_client, uri: str):
+    """`make_client()`, with the tracking and registry tables of a SQLite store created (first use) or opened
+    one process at a time.
 
     MLflow checks "do all tables exist?" and then creates them: two processes on a new file both see "no"
-    and the slower one fails. Under the lock the first creates, the others find the tables. MLflow caches
-    an opened store per process, so the lock is taken once per process and URI.
+    and the slower one fails. The client's constructor already opens the tracking store, so it is built
+    under the lock too; the first process creates, the others find the tables. MLflow caches an opened store
+    per process, so the lock is taken once per process and URI.
     """
     db = sqlite_path(uri)
     if db is None:
-        return
+        return make_client()
     if uri in _OPENED and not db.is_file():  # deleted or moved since this process opened it
         _forget_cached_stores(uri)
     if uri in _OPENED:
-        return
+        return make_client()
     with _OPENING:
-        if uri in _OPENED:
-            return
         db.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(db.with_name(f".{db.name}.init.lock")):
-            client.search_experiments(max_results=1)  # instantiates the tracking store: tables, migrations
+            client = make_client()
+            client.search_experiments(max_results=1)  # the tracking store: tables, migrations
             client.search_registered_models(max_results=1)  # the registry store, same file
         _OPENED.add(uri)
+    return client
 
 
 def _forget_cached_stores(uri: str) -> None:

@@ -31,6 +31,18 @@ def _ephemeral_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
+def run_logged(args: list[str], log: Path, fault: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a child with its output in files, not pipes: a killed child's orphan server inherits its stdout and
+    stderr, and a reader of pipes would wait for that server to exit."""
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+        proc = subprocess.run(
+            args, cwd=REPO, env=_ephemeral_env(R2W_FAULT=fault), stdout=out, stderr=err, timeout=timeout
+        )
+    return subprocess.CompletedProcess(
+        args, proc.returncode, Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text()
+    )
+
+
 def prefect_servers(data: Path) -> list[psutil.Process]:
     """Ephemeral Prefect API servers (uvicorn) whose PREFECT_HOME is under `data`."""
     found = []
@@ -63,10 +75,9 @@ def test_killed_run_leaves_no_server_and_no_running_run_after_the_next_start(tmp
 
     config = _config(tmp_path)
     data = tmp_path / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
-        cwd=REPO, env=_ephemeral_env(R2W_FAULT="after:collect"), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = run_logged(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config)], tmp_path / "killed", "after:collect"
+    )
     assert proc.returncode == FAULT_EXIT, proc.stderr[-3000:]
     orphans = prefect_servers(data)
     assert orphans, "the killed run's ephemeral server should still be up (that is the defect)"

@@ -20,7 +20,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import psutil
 import pytest
 import yaml
 from robust_helpers import REPO, played_failures, write_traces
-from test_killed_leftovers import _ephemeral_env, prefect_servers
+from test_killed_leftovers import _ephemeral_env, prefect_servers, run_logged
 
 from r2w.config import load_config
 from r2w.faults import FAULT_EXIT
@@ -72,28 +71,25 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def _run(config: Path, seed: int, point: str | None) -> subprocess.CompletedProcess:
-    """`r2w run` in a subprocess; a `sigkill:<delay>` point sends SIGKILL that long after training starts."""
+def _run(config: Path, seed: int, point: str | None, log: Path) -> subprocess.CompletedProcess:
+    """`r2w run` in a subprocess (output in files: a killed run's orphan server keeps pipes open); a
+    `sigkill:<delay>` point sends SIGKILL that long after the training stage started."""
     args = [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--set", f"runtime.seed={seed}"]
-    fault = point if point and not point.startswith("sigkill:") else ""
-    proc = subprocess.Popen(
-        args, cwd=REPO, env=_ephemeral_env(R2W_FAULT=fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    err: list[str] = []
-
-    def watch() -> None:
-        for line in proc.stderr:
-            err.append(line)
-            if point and point.startswith("sigkill:") and "build-distill-set" in line and "Finished" in line:
-                time.sleep(float(point.split(":")[1]))  # training is running now
+    if not (point and point.startswith("sigkill:")):
+        return run_logged(args, log, point or "", timeout=900)
+    delay = float(point.split(":")[1])
+    err_path = Path(f"{log}.err")
+    with open(f"{log}.out", "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(args, cwd=REPO, env=_ephemeral_env(), stdout=out, stderr=err)
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any("build-distill-set" in line and "Finished" in line for line in err_path.read_text().splitlines()):
+                time.sleep(delay)  # training is running now
                 proc.send_signal(signal.SIGKILL)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out = proc.stdout.read()
-    proc.wait(timeout=900)
-    watcher.join(30)
-    return subprocess.CompletedProcess(args, proc.returncode, out, "".join(err))
+                break
+            time.sleep(0.2)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return subprocess.CompletedProcess(args, proc.returncode, Path(f"{log}.out").read_text(), err_path.read_text())
 
 
 def _check_after_rerun(cfg, data: Path, round_no: int, killed_runs: set[str]) -> None:
@@ -131,7 +127,7 @@ def test_seeded_kills_at_random_points_each_followed_by_a_clean_rerun(tmp_path):
     data = cfg.data_path
     killed_runs: set[str] = set()
     for round_no, (stage, point) in enumerate(plan):
-        killed = _run(config, round_no, point)
+        killed = _run(config, round_no, point, tmp_path / f"kill-{round_no}")
         expected = -signal.SIGKILL if point.startswith("sigkill:") else FAULT_EXIT
         assert killed.returncode == expected, (round_no, stage, point, killed.returncode, killed.stderr[-3000:])
         assert prefect_servers(data), "the killed run's server should be up until the next run reaps it"
@@ -140,6 +136,6 @@ def test_seeded_kills_at_random_points_each_followed_by_a_clean_rerun(tmp_path):
         running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
         killed_runs |= {r.info.run_id for r in running}
 
-        rerun = _run(config, round_no, None)
+        rerun = _run(config, round_no, None, tmp_path / f"rerun-{round_no}")
         assert rerun.returncode == 0, (round_no, stage, point, rerun.stderr[-3000:])
         _check_after_rerun(cfg, data, round_no, killed_runs)
