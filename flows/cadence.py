@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, Hint
-from r2w.datasets import load_records
+from r2w.datasets import load_records, verify_dataset
 
 
 class Novelty(BaseModel):
@@ -48,7 +48,7 @@ def novelty_since_last_version(cfg: R2WConfig, client, failures: list[Episode], 
     digest = last.tags.get("r2w.failures_dataset")
     if digest:
         folder = cfg.data_path / "datasets" / "failures" / digest[:16]
-        if folder.is_dir():
+        if folder.is_dir() and verify_dataset(folder) is None:  # deleted or damaged since: all failures are new
             seen = {e.episode_id for e in load_records(folder, Episode)}
     created = datetime.fromtimestamp(last.creation_timestamp / 1000, tz=UTC)
     return Novelty(

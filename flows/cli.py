@@ -95,8 +95,10 @@ def run(
     from flows.retrain import retrain
     from r2w.hintstore import HintStoreUnavailable
     from r2w.models import ModelNotFoundError
+    from r2w.runstate import local_api
     from r2w.traces import TraceImportError
 
+    local_api()  # reap a killed run's server; first start of Prefect's DB one process at a time
     try:
         summary = retrain(config=config, overrides=overrides)
     except (ModelNotFoundError, ConfigError, TraceImportError) as exc:

@@ -17,6 +17,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from r2w.backends import make_backend
+from r2w.caching import results_under
 from r2w.config import R2WConfig, load_config
 from r2w.contracts import utcnow
 from r2w.hintstore import HintStore
@@ -67,7 +68,8 @@ def evaluate_version(version: str, config: str = "demo", overrides: dict[str, An
     student = make_backend("transformers", student_base, adapter_path=adapter, dtype=cfg.models.dtype)
     store = HintStore(cfg.hints, cfg.data_path)
     run_id = start_run(client, cfg, f"evaluate-v{version}", tags={Tag.EVALUATES_VERSION: str(version)})
-    evaluation = evaluate_task(cfg, base, student, store.retrieve, store.snapshot_id())
+    with results_under(cfg.data_path):  # cached evaluations live under this project's data dir
+        evaluation = evaluate_task(cfg, base, student, store.retrieve, store.snapshot_id())
     leakage = {
         k.removeprefix("leakage."): int(v)
         for k, v in client.get_run(mv.run_id).data.metrics.items()

@@ -28,6 +28,7 @@ from r2w.contracts import Episode
 from r2w.datasets import load_records
 from r2w.hintstore import HintStore
 from r2w.registry import Lineage, Tag
+from r2w.runstate import run_state
 from r2w.runtime import configure_environment, set_torch_threads
 from r2w.traces import log_dataset_input
 from tasks.collect import collect_task, source_fingerprint
@@ -49,8 +50,9 @@ def retrain(config: str = "demo", overrides: dict[str, Any] | None = None) -> Ru
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
     set_torch_threads(cfg.runtime.torch_threads)
-    with one_run_per_model(cfg.registry.model_name, cfg.data_path / "locks"), tracked_run(cfg) as run:
-        return six_steps(cfg, run)
+    with one_run_per_model(cfg.registry.model_name, cfg.data_path / "locks"), run_state(cfg.data_path):
+        with tracked_run(cfg) as run:
+            return six_steps(cfg, run)
 
 
 # Keyword calls stay on two lines each (formatter off), so the six steps read top-down.

@@ -56,7 +56,9 @@ def save_records(records: list[R], root: str | Path, kind: str, meta: dict | Non
     final = Path(root) / kind / digest[:16]
     ref = DatasetRef(kind=kind, hash=digest, path=str(final), rows=len(records))
     if (final / "manifest.json").is_file():
-        return ref
+        if verify_dataset(ref) is None:
+            return ref
+        discard_dataset(final)  # a damaged copy of this content: never trusted, rewritten below
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:8]}-", dir=final.parent))
     try:
@@ -75,11 +77,59 @@ def save_records(records: list[R], root: str | Path, kind: str, meta: dict | Non
         try:
             os.rename(tmp, final)
         except OSError:  # another writer stored the same content first
-            if not (final / "manifest.json").is_file():
+            if verify_dataset(ref) is not None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ref
+
+
+def verify_dataset(ref: DatasetRef | str | Path) -> str | None:
+    """Why a stored dataset version cannot be trusted (missing, unreadable, content hash mismatch), or None.
+
+    Cached stage results and idempotent writes name datasets by path and hash; a folder that was deleted,
+    moved away or damaged since must be recomputed, never read (issue 21: a rerun after the data dir was
+    deleted failed with FileNotFoundError on a cached result's manifest).
+    """
+    path = Path(ref.path if isinstance(ref, DatasetRef) else ref)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        expected = manifest["hash"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{path}: no readable manifest ({type(exc).__name__})"
+    if isinstance(ref, DatasetRef) and expected != ref.hash:
+        return f"{path}: manifest names {str(expected)[:12]}, expected {ref.short}"
+    try:
+        actual = _data_hash(path, manifest.get("record_type"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable or invalid data means the same: do not trust it
+        return f"{path}: unreadable data ({type(exc).__name__}: {str(exc)[:200]})"
+    if actual != expected:
+        return f"{path}: content hash mismatch (manifest {str(expected)[:12]}, data {actual[:12]})"
+    return None
+
+
+def _data_hash(path: Path, record_type: str | None) -> str:
+    """The content hash of data.parquet, computed as save_records does (through the record type when known)."""
+    import pyarrow.parquet as pq
+
+    from r2w import contracts
+
+    rows = pq.read_table(path / "data.parquet").column("json").to_pylist()
+    model = getattr(contracts, record_type or "", None)
+    if isinstance(model, type) and issubclass(model, Record):
+        return content_hash([model.model_validate_json(s).model_dump(mode="json") for s in rows])
+    return content_hash([json.loads(s) for s in rows])
+
+
+def discard_dataset(folder: str | Path) -> None:
+    """Remove a damaged dataset folder (renamed first, so a reader never sees it half-deleted)."""
+    folder = Path(folder)
+    aside = folder.with_name(f".damaged-{folder.name}-{os.getpid()}-{os.urandom(3).hex()}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another writer moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_records(ref: DatasetRef | str | Path, record_type: type[R]) -> list[R]:

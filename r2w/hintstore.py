@@ -166,6 +166,12 @@ class HintStore:
                 ) from None
         else:
             path = Path(data_dir) / "chroma"
+            if not (path / "chroma.sqlite3").is_file():
+                # The store was deleted (or never existed): a client this process opened on the old files would
+                # keep serving them from open handles, so forget it and create the store anew.
+                from chromadb.api.shared_system_client import SharedSystemClient
+
+                SharedSystemClient._identifier_to_system.pop(str(path), None)
             path.mkdir(parents=True, exist_ok=True)
             self._path, self._settings = path, settings
             self._seen = self._generation()  # read before opening: a later write only makes us reopen once more

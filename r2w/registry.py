@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from r2w.config import R2WConfig
 from r2w.contracts import utcnow
 from r2w.models import resolve_model
-from r2w.tracking import client_for, registry_lock
+from r2w.tracking import client_for, mark_dead_runs, registry_lock
 from r2w.training import write_atomically
 
 CHALLENGER = "challenger"
@@ -218,6 +218,7 @@ def recent_runs(cfg: R2WConfig, limit: int = 5) -> list[RunRow]:
     exp = client.get_experiment_by_name(cfg.registry.experiment)
     if exp is None:
         return []
+    mark_dead_runs(client, [exp.experiment_id], found_by="r2w status")  # a SIGKILLed run stays RUNNING otherwise
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
     return [
         RunRow(

@@ -54,6 +54,8 @@ def configure_environment(data_dir: str | Path) -> Path:
     configure_process()
     caches = {
         "PREFECT_HOME": data / "prefect",
+        # PREFECT_HOME alone leaves task results in ~/.prefect/storage, shared by every project on the machine
+        "PREFECT_LOCAL_STORAGE_PATH": data / "prefect" / "storage",
         "DSPY_CACHEDIR": data / "cache" / "dspy",
         "VLLM_CACHE_ROOT": data / "cache" / "vllm",
         "TORCHINDUCTOR_CACHE_DIR": data / "cache" / "inductor",

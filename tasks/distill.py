@@ -318,6 +318,17 @@ from r2w.caching import stage_cache  # noqa: E402
 
 build_examples_task = task(name="build-distill-set", cache_policy=NO_CACHE)(build_distill_set)
 
+
+def student_incomplete(result: StudentArtifacts, _inputs: dict) -> str | None:
+    """A cached student is stale when its adapter or merged folder lost its config (deleted, half-copied)."""
+    for folder, name in ((result.adapter_dir, "adapter_config.json"), (result.merged_dir, "config.json")):
+        if not (Path(folder) / name).is_file():
+            return f"{folder}: no {name}"
+    return None
+
+
 # Cached on the examples' content, the start weights, the distill config and the output folder;
 # a killed training run is not cached and resumes from its last checkpoint instead.
-train_task = task(name="train-student", cache_policy=stage_cache("distill", "runtime"), persist_result=True)(train)
+train_task = task(
+    name="train-student", cache_policy=stage_cache("distill", "runtime", check=student_incomplete), persist_result=True
+)(train)

@@ -128,4 +128,16 @@ def resolve_pack(pack: str | Path, field: str = "hints.curated_packs") -> Path:
     raise FileNotFoundError(f"{field}: {pack} not found (also tried {bundled})")
 
 
-hints_task = task(**expensive_stage("extract-hints", ignore=("run_id",)))(extract_and_store)
+def store_lost_hints(result: HintsResult, inputs: dict) -> str | None:
+    """A cached extraction is stale when the store it filled has fewer hints than it left there (the Chroma
+    folder was deleted or replaced since): rerun it, or the teacher would run without its hints."""
+    store = inputs.get("store")
+    if store is None or not result.active_hints:
+        return None
+    count = store.count()
+    if count >= result.active_hints:
+        return None
+    return f"hint store {store.identity} holds {count} hints, the cached extraction left {result.active_hints}"
+
+
+hints_task = task(**expensive_stage("extract-hints", ignore=("run_id",), check=store_lost_hints))(extract_and_store)

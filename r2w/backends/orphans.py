@@ -1,4 +1,4 @@
-"""Reap vLLM engine processes whose owner died.
+"""Reap processes (vLLM engines, ephemeral Prefect API servers) whose owner died.
 
 `vllm.LLM` starts an engine-core process (and its workers) beside the Python process that built it.
 When that owner dies without closing the engine (SIGKILL, the kernel's OOM killer, a SIGTERM that
@@ -8,7 +8,10 @@ machine gets OOM-killed itself (session 7: a killed run's engine took a concurre
 So every engine records the processes it started, keyed by the owner's pid and start time (a reused pid
 is never taken for the owner); before a new engine starts, records of dead owners are read and their
 still-running processes (same pid AND start time) are terminated. Records live in a per-user folder
-under the temp dir; nothing else is touched.
+under the temp dir; nothing else is touched. A record names the owner's host too: an owner on another
+host (a temp dir shared between machines) can never be proven dead from here, so it is left alone.
+The same records cover the ephemeral Prefect API server (uvicorn, ~300 MB) each local run starts
+(r2w/runstate.py): a SIGKILLed run leaves it behind, reparented to init.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -35,6 +39,10 @@ def _identity(proc: psutil.Process) -> dict:
     return {"pid": proc.pid, "started": proc.create_time()}
 
 
+def _owner() -> dict:
+    return {**_identity(psutil.Process()), "host": socket.gethostname()}
+
+
 def descendants() -> set[tuple[int, float]]:
     """(pid, start time) of every process below this one."""
     out = set()
@@ -51,10 +59,14 @@ def record_started(before: set[tuple[int, float]], folder: Path | None = None) -
     started = sorted(descendants() - before)
     if not started:
         return None
-    owner = _identity(psutil.Process())
-    path = (folder or records_dir()) / f"{owner['pid']}-{os.urandom(4).hex()}.json"  # one owner, several engines
-    processes = [{"pid": p, "started": t} for p, t in started]
-    return write_json_atomically(path, {"owner": owner, "processes": processes})
+    return record_processes([{"pid": p, "started": t} for p, t in started], folder)
+
+
+def record_processes(processes: list[dict], folder: Path | None = None, kind: str = "vllm") -> Path:
+    """Record processes ({pid, started}) this process started and must stop: reaped once it is dead."""
+    owner = _owner()
+    path = (folder or records_dir()) / f"{owner['pid']}-{os.urandom(4).hex()}.json"  # one owner, several records
+    return write_json_atomically(path, {"owner": owner, "kind": kind, "processes": processes})
 
 
 def forget(record: Path | None) -> None:
@@ -87,8 +99,8 @@ def reap_orphans(folder: Path | None = None, grace_s: float = 10.0) -> list[int]
             log.warning("unreadable engine record %s: removed", record)
             record.unlink(missing_ok=True)
             continue
-        if _alive(owner) is not None:
-            continue
+        if _alive(owner) is not None or owner.get("host", socket.gethostname()) != socket.gethostname():
+            continue  # in use, or on another host: not provably dead
         orphans = [p for ident in processes if (p := _alive(ident)) is not None]
         for proc in orphans:
             proc.terminate()
@@ -98,7 +110,8 @@ def reap_orphans(folder: Path | None = None, grace_s: float = 10.0) -> list[int]
                 proc.kill()
         if orphans:
             pids = [p.pid for p in orphans]
-            log.warning("stopped %d vLLM process(es) %s left by dead run pid %s", len(pids), pids, owner["pid"])
+            kind = data.get("kind", "vllm")
+            log.warning("stopped %d %s process(es) %s left by dead run pid %s", len(pids), kind, pids, owner["pid"])
             reaped += pids
         record.unlink(missing_ok=True)
     return reaped
