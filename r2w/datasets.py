@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from r2w import contracts
 from r2w.contracts import Record, content_hash, utcnow
 
 R = TypeVar("R", bound=Record)
@@ -111,8 +112,6 @@ def verify_dataset(ref: DatasetRef | str | Path) -> str | None:
 def _data_hash(path: Path, record_type: str | None) -> str:
     """The content hash of data.parquet, computed as save_records does (through the record type when known)."""
     import pyarrow.parquet as pq
-
-    from r2w import contracts
 
     rows = pq.read_table(path / "data.parquet").column("json").to_pylist()
     model = getattr(contracts, record_type or "", None)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from r2w.backends.orphans import forget, reap_orphans, record_processes
+from r2w.caching import results_under
 from r2w.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,6 @@ def local_api() -> str | None:
     """
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, get_current_settings
-
-    from r2w.backends.orphans import reap_orphans
 
     reap_orphans()
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
@@ -52,8 +52,6 @@ def _record(server) -> None:
     """Record the server process under this process's identity (once), for reap_orphans after a kill."""
     import psutil
 
-    from r2w.backends.orphans import forget, record_processes
-
     proc = server.server_process
     if proc is None or proc.pid in _RECORDED:
         return
@@ -69,7 +67,6 @@ def _record(server) -> None:
 @contextmanager
 def run_state(data_dir: str | Path) -> Iterator[Path]:
     """What a flow run holds locally: orphans reaped, its server recorded, task results under the data dir."""
-    from r2w.caching import results_under
 
     local_api()
     with results_under(data_dir) as folder:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from r2w.config import R2WConfig
+from r2w.contracts import utcnow
 from r2w.locks import file_lock
 
 OWNER_PID, OWNER_STARTED, OWNER_HOST = "r2w.owner_pid", "r2w.owner_started", "r2w.owner_host"
@@ -147,7 +148,6 @@ def owner_dead(tags: dict[str, str]) -> bool:
 
 def mark_dead_runs(client, experiment_ids: list[str], found_by: str) -> list[str]:
     """Mark RUNNING runs whose owner is provably dead KILLED, with `r2w.killed_found_by/_at` tags."""
-    from r2w.contracts import utcnow
 
     if not experiment_ids:
         return []
