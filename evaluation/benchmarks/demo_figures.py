@@ -15,7 +15,7 @@ import subprocess
 
 from evaluation.benchmarks import common
 from evaluation.benchmarks.experiment_log import experiment_rows
-from r2w.config import load_config
+from r2w.config import load_config, parse_sets
 from r2w.precision import NATIVE_BF16_FLAGS, cpu_flags
 from r2w.tracking import client_for
 
@@ -30,9 +30,9 @@ def cpu_name() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
-def paragraph(config: str) -> str:
-    cfg = load_config(config)
-    rows = experiment_rows(config)
+def paragraph(config: str, overrides: dict | None = None) -> str:
+    cfg = load_config(config, overrides)
+    rows = experiment_rows(config, overrides)
     if not rows:
         raise SystemExit(f"no evaluated run of {config} in {cfg.tracking_uri}")
     last = rows[-1]
@@ -60,8 +60,9 @@ def paragraph(config: str) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     args = common.parser(__doc__, config="demo").parse_args(argv)
-    common.setup(load_config(args.config, dict(s.split("=", 1) for s in args.set)).data_dir)
-    text = paragraph(args.config)
+    overrides = parse_sets(args.set)
+    common.setup(load_config(args.config, overrides).data_dir)
+    text = paragraph(args.config, overrides)
     print(text)
     return text
 
