@@ -341,17 +341,25 @@ def hints_show(hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt) 
         _fail(str(exc))
 
 
+ByOpt = typer.Option(None, "--by", help="who makes the change (default: the OS user); goes to the audit log")
+ReasonOpt = typer.Option("", "--reason", help="why; goes to the audit log")
+
+
 @hints_app.command("disable")
-def hints_disable(hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt) -> None:
+def hints_disable(
+    hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt, by: str | None = ByOpt, reason: str = ReasonOpt
+) -> None:
     """Stop retrieving a hint (kept for audit)."""
-    _set_status(_store(config, set_), hint_id, "disabled")
+    _change(lambda s: s.set_status(hint_id, "disabled", by=by, reason=reason), config, set_)
     console.print(f"{hint_id} disabled")
 
 
 @hints_app.command("enable")
-def hints_enable(hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt) -> None:
-    """Retrieve a disabled hint again."""
-    _set_status(_store(config, set_), hint_id, "active")
+def hints_enable(
+    hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt, by: str | None = ByOpt, reason: str = ReasonOpt
+) -> None:
+    """Retrieve a disabled hint again (it must pass the screen)."""
+    _change(lambda s: s.set_status(hint_id, "active", by=by, reason=reason), config, set_)
     console.print(f"{hint_id} enabled")
 
 
@@ -362,21 +370,86 @@ def hints_edit(
     when: str | None = typer.Option(None, help="new applicability condition"),
     config: str = ConfigOpt,
     set_: list[str] = SetOpt,
+    by: str | None = ByOpt,
+    reason: str = ReasonOpt,
 ) -> None:
-    """Rewrite a hint's text (and condition); the id stays, so episodes citing it still resolve."""
-    store = _store(config, set_)
-    try:
-        store.update_text(hint_id, text, when)
-    except (KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
+    """Rewrite a hint's text (and condition), screened; the id stays, so episodes citing it still resolve."""
+    _change(lambda s: s.update_text(hint_id, text, when, by=by, reason=reason), config, set_)
     console.print(f"{hint_id} updated")
 
 
-def _set_status(store, hint_id: str, status: str) -> None:
+def _change(fn, config: str, set_: list[str]):
+    """Run one store change; a missing hint or a screened text exits 2 with the reason."""
+    store = _store(config, set_)
     try:
-        store.set_status(hint_id, status)
-    except KeyError as exc:
+        return fn(store)
+    except (KeyError, ValueError) as exc:
         _fail(str(exc).strip("'\""))
+
+
+@hints_app.command("history")
+def hints_history(
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+    hint_id: str | None = typer.Option(None, "--hint", help="only this hint's changes"),
+    last: int = typer.Option(50, "--last", min=1, help="show the last N entries"),
+) -> None:
+    """The audit log: every change (who, when, why, text before and after) and every new snapshot."""
+    table = Table()
+    for col in ("at", "action", "by", "hint / snapshot", "reason", "change"):
+        table.add_column(col)
+    for e in _store(config, set_).history(hint_id)[-last:]:
+        if e["action"] == "snapshot":
+            target, change = e["snapshot"], f"{e['hints']} hints ({e.get('active', 0)} active)"
+        else:
+            target, change = e.get("hint_id") or "", _change_text(e)
+        row = (e["at"][:19], e["action"], e.get("by") or "", target, e.get("reason") or "", change)
+        table.add_row(*(escape(str(cell)) for cell in row))  # texts come from traces: never markup
+    console.print(table)
+
+
+def _change_text(e: dict) -> str:
+    before = f"[{e['previous_status']}] {e['previous_applicability']}: {e['previous_text']}"
+    after = f"[{e['status']}] {e['applicability']}: {e['text']}"
+    if e.get("previous_text") is None:
+        return f"+ {after}"
+    if e.get("text") is None:
+        return f"- {before}"
+    return before if before == after else f"{before} -> {after}"
+
+
+@hints_app.command("diff")
+def hints_diff(
+    a: str = typer.Argument(..., help="snapshot id (or unique prefix)"),
+    b: str = typer.Argument("current", help="snapshot id, or current (the store now)"),
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """What changed between two snapshots: + added, - removed, ~ changed fields (old -> new)."""
+    changes = _change(lambda s: s.diff(a, b), config, set_)
+    for c in changes:
+        if c["change"] == "changed":
+            fields = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in c["fields"].items())
+            line = f"~ {c['hint_id']} {c['category']} {fields}"
+        else:
+            line = f"{'+' if c['change'] == 'added' else '-'} {c['hint_id']} {c['category']} {c['rule']}"
+        console.print(escape(line))
+    console.print(f"{len(changes)} hints differ")
+
+
+@hints_app.command("rollback")
+def hints_rollback(
+    snapshot: str = typer.Argument(..., help="snapshot id (or unique prefix) to restore"),
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+    by: str | None = ByOpt,
+    reason: str = ReasonOpt,
+) -> None:
+    """Restore the store to exactly a snapshot (a recorded change itself)."""
+    result = _change(lambda s: s.rollback(snapshot, by=by, reason=reason), config, set_)
+    console.print(
+        f"rolled back to {result['snapshot']}: {result['written']} hints written, {result['removed']} removed"
+    )
 
 
 @hints_app.command("export")
@@ -392,11 +465,13 @@ def hints_import(
     config: str = ConfigOpt,
     label: str | None = typer.Option(None, help="source label, e.g. curated"),
     set_: list[str] = SetOpt,
+    by: str | None = ByOpt,
+    reason: str = ReasonOpt,
 ) -> None:
-    """Import hints from JSONL (validated; nothing is stored if any line is bad)."""
+    """Import hints from JSONL (validated and screened; nothing is stored if any line is bad)."""
     store = _store(config, set_)
     try:
-        result = store.import_jsonl(path, source_label=label)
+        result = store.import_jsonl(path, source_label=label, by=by, reason=reason)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     console.print(f"imported from {path}: {result}")

@@ -177,6 +177,17 @@ class Hint(Record):
         return "h-" + content_hash({"text": text.strip().lower(), "category": category})[:16]
 
 
+class HintSnapshotRow(Record):
+    """One hint in a stored hint-memory snapshot: what retrieval sees, plus the exact Hint JSON (for rollback)."""
+
+    hint_id: str
+    category: str
+    status: Literal["active", "disabled"]
+    applicability: str
+    text: str
+    hint_json: str  # Hint.model_dump_json(): a rollback restores these bytes
+
+
 class Trajectory(Record):
     """A verified-successful teacher episode, with the hints that were in its prompt."""
 
