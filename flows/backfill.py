@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from flows.retrain import retrain
 from r2w.config import load_config, merge_overrides
+from r2w.registry import Tag
 from r2w.runtime import configure_environment
 from r2w.traces import parse_when
 from r2w.tracking import client_for
@@ -72,7 +73,7 @@ def backfill(
                     until=b.isoformat(),
                     status="skipped-done",
                     mlflow_run_id=done.info.run_id,
-                    registered_version=done.data.tags.get("r2w.registered_version"),
+                    registered_version=done.data.tags.get(Tag.REGISTERED_VERSION),
                 )
             )
             continue

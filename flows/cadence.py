@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, Hint
 from r2w.datasets import load_records, verify_dataset
+from r2w.registry import Lineage
 
 
 class Novelty(BaseModel):
@@ -45,7 +46,7 @@ def novelty_since_last_version(cfg: R2WConfig, client, failures: list[Episode], 
         return Novelty(new_failures=len(failures), new_hints=len(hints))
     last = max(versions, key=lambda v: int(v.version))
     seen: set[str] = set()
-    digest = last.tags.get("r2w.failures_dataset")
+    digest = Lineage.from_tags(last.tags).failures_dataset
     if digest:
         folder = cfg.data_path / "datasets" / "failures" / digest[:16]
         if folder.is_dir() and verify_dataset(folder) is None:  # deleted or damaged since: all failures are new

@@ -20,7 +20,16 @@ from pydantic import BaseModel, ConfigDict
 from r2w.config import R2WConfig
 from r2w.contracts import utcnow
 from r2w.models import resolve_model
-from r2w.tracking import client_for, mark_dead_runs, registry_lock
+from r2w.tracking import (
+    KILLED_FOUND_AT,
+    KILLED_FOUND_BY,
+    OWNER_HOST,
+    OWNER_PID,
+    OWNER_STARTED,
+    client_for,
+    mark_dead_runs,
+    registry_lock,
+)
 from r2w.training import write_atomically
 
 CHALLENGER = "challenger"
@@ -48,6 +57,10 @@ class Tag:
     REGATE = "r2w.regate"
     EVALUATES_VERSION = "r2w.evaluates_version"
     CONFIG_HASH = "r2w.config_hash"
+    STAGE = "r2w.stage"  # on import runs: which stage wrote them
+    # who owns a run, and who found it dead (written by r2w/tracking.py, which this module builds on)
+    OWNER_PID, OWNER_STARTED, OWNER_HOST = OWNER_PID, OWNER_STARTED, OWNER_HOST
+    KILLED_FOUND_BY, KILLED_FOUND_AT = KILLED_FOUND_BY, KILLED_FOUND_AT
 
 
 class Lineage(BaseModel):

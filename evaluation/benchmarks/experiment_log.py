@@ -22,6 +22,7 @@ from typing import Any
 from evaluation.benchmarks import common
 from evaluation.metrics import wilson_interval
 from r2w.config import R2WConfig, load_config
+from r2w.registry import Lineage, Tag
 from r2w.tracking import client_for, flatten
 
 # Params that name where a run lives, not what it learned: never part of the recipe.
@@ -95,10 +96,10 @@ def run_row(run, cfg: R2WConfig, config: str) -> dict | None:
         "kl": metrics.get("retention.kl_base_student"),
         "train_s_per_step": metrics.get("train.s_per_step"),
         "train_final_loss": metrics.get("train.final_loss"),
-        "teacher_data": tags.get("r2w.trajectories_dataset", "")[:8],
-        "gate": tags.get("r2w.gate", "-"),
-        "gate_reasons": tags.get("r2w.gate_reasons", ""),
-        "registered_version": tags.get("r2w.registered_version"),
+        "teacher_data": Lineage.from_tags(tags).trajectories_dataset[:8],
+        "gate": tags.get(Tag.GATE, "-"),
+        "gate_reasons": tags.get(Tag.GATE_REASONS, ""),
+        "registered_version": tags.get(Tag.REGISTERED_VERSION),
     }
 
 
