@@ -149,8 +149,9 @@ def _values(path: Path, limit: int, chunk: int = 2**20) -> Iterator[tuple[int, b
                 i = j + 1
                 if c == b"\n":
                     line += 1
-                    if started and depth == base and not array:
-                        yield flush()  # a bare top-level value (a number, a literal) ends at the line
+                    if started and depth == base:
+                        if not array:
+                            yield flush()  # a bare top-level value (a number, a literal) ends at the line
                     elif started:
                         size += 1
                         if size <= limit:

@@ -19,7 +19,7 @@ import base64
 import json
 
 from r2w.contracts import Message
-from r2w.importers.common import guarded
+from r2w.importers.common import field_error, guarded
 from r2w.importers.shapes import (
     ChatCall,
     Draft,
@@ -196,7 +196,7 @@ def convert(name: str, records: list[tuple[int, object]], privacy=None):
         try:
             draft = _trace(trace_id, spans)
         except FieldError as exc:
-            errors.append(exc.record_error(name, exc.number or number, privacy))
+            errors.append(field_error(exc, name, number, privacy))
             continue
         if draft is not None:
             drafts.append(draft)

@@ -340,6 +340,13 @@ class ToolRun:
 def steps_from_messages(messages: list[Message], usage: tuple[int, int] = (0, 0)) -> list[Step]:
     """One step per assistant message of a whole conversation: the messages before it are its prompt,
     the tool messages right after it its tool results."""
+    names = {c.id: c.function.name for m in messages for c in m.tool_calls}
+    messages = [
+        m.model_copy(update={"name": names[m.tool_call_id]})
+        if m.role == "tool" and not m.name and m.tool_call_id in names
+        else m
+        for m in messages
+    ]
     steps = []
     for i, m in enumerate(messages):
         if m.role != "assistant":
