@@ -15,9 +15,9 @@ records (`--skip-invalid`); each error names the file, the record number and the
 
 MLflow traces: a trace is a failure when its state is ERROR or it carries a failing feedback
 assessment (`mlflow.log_feedback` with value False / 0 / "no" / "fail" ...). It becomes an Episode
-with the root span's inputs as the task (its `task`/`question`/`query`/`prompt`/`input` argument
-when it has one), one step per direct child span (inputs -> observation, outputs -> action; chat
-`messages` -> prompt), or one step from the trace's request/response when it has no children.
+losslessly (model-call spans -> steps with their tool calls, TOOL spans -> tool results, expectations
+-> `gold`): r2w/importers/mlflow_traces.py, shared with MLflow trace exports. Other formats (OpenAI chat,
+OpenTelemetry GenAI, LangSmith, Langfuse): r2w/importers/.
 
 Time windows are half-open, since <= created_at < until, on every source; rollouts always stamp
 episodes with the time they ran, so a window selects imported failures only.
