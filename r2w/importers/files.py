@@ -12,7 +12,7 @@ from pathlib import Path
 from r2w.importers import langfuse, langsmith, mlflow_export, openai_chat, otel
 from r2w.importers.common import first_record, import_records, read_outcomes, read_records
 from r2w.importers.shapes import Outcome
-from r2w.traces import MAX_RECORD_BYTES, PARQUET_SUFFIXES, ImportStats, RecordError, import_trace_file
+from r2w.traces import MAX_RECORD_BYTES, PARQUET_SUFFIXES, REQUIRED, ImportStats, RecordError, import_trace_file
 
 CONVERTERS = {
     "openai": openai_chat.convert,
@@ -66,7 +66,10 @@ def import_file(
         return import_trace_file(path, since, until, skip_invalid, stats, max_record_bytes, privacy)
     try:
         if fmt is None:
-            fmt = detect(first_record(path, max_record_bytes))
+            first = first_record(path, max_record_bytes)
+            fmt = detect(first)
+            if fmt is None and (not isinstance(first, dict) or any(k in first for k in REQUIRED)):
+                fmt = "r2w"  # empty, unparsable or r2w-like: the r2w importer names what is wrong, as before
             if fmt is None:
                 stats.sources.append(name)
                 return [], [
