@@ -519,10 +519,16 @@ UntilOpt = typer.Option(None, "--until", help="ISO 8601 end (exclusive)")
 
 @collect_app.command("import")
 def collect_import(
-    paths: list[Path] = typer.Argument(..., help="JSONL or Parquet trace files (one Episode per record)"),
+    paths: list[Path] = typer.Argument(..., help="trace files: r2w Episodes (JSONL/Parquet) or an agent's own logs"),
     since: str | None = SinceOpt,
     until: str | None = UntilOpt,
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="import the valid records of a file with errors"),
+    fmt: str | None = typer.Option(
+        None, "--format", help="r2w | openai | otel | mlflow | langsmith | langfuse (default: detected per file)"
+    ),
+    outcomes: Path | None = typer.Option(
+        None, "--outcomes", help="JSONL/JSON of {id, success | label | score}: each episode's outcome by its source id"
+    ),
     config: str = ConfigOpt,
     set_: list[str] = SetOpt,
 ) -> None:
@@ -531,22 +537,30 @@ def collect_import(
     --skip-invalid skips bad records, never a file that cannot be used (a mistyped path: exit 2).
     """
     cfg, _ = _flow_inputs(config, set_)
-    from r2w.traces import ImportStats, TraceImportError, import_trace_file, parse_window
+    from r2w.importers.files import FORMATS, import_file, load_outcomes
+    from r2w.traces import ImportStats, TraceImportError, parse_window
 
     try:
         parse_window(since, until)
     except ValueError as exc:
         _fail(str(exc))
-    stats, episodes, errors = ImportStats(), [], []
+    if fmt is not None and fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    known, errors = load_outcomes(outcomes, cfg.collect.max_record_bytes, cfg.privacy)
+    if errors:  # a bad outcomes file decides nothing: never skipped
+        _fail(str(TraceImportError(errors)))
+    stats, episodes = ImportStats(), []
     for path in paths:
-        got, errs = import_trace_file(
+        got, errs = import_file(
             path,
+            fmt,
             since,
             until,
             skip_invalid=skip_invalid,
             stats=stats,
             max_record_bytes=cfg.collect.max_record_bytes,
             privacy=cfg.privacy,
+            outcomes=known,
         )
         episodes += got
         errors += errs

@@ -122,9 +122,12 @@ class Episode(Record):
     config_hash: str = ""
     wall_time_s: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
-    source: str = "rollout"  # rollout | trace-file | mlflow-trace
+    source: str = "rollout"  # rollout | trace-file | mlflow-trace | an importer: openai, otel, langsmith, langfuse
     tools: list[dict] = Field(default_factory=list)  # the tool (function) schemas the agent ran with
     verdict_by: str = ""  # who decided success: env verifier | a team's verifier | judge:<model>
+    # Reference data an importer found next to the episode (MLflow expectations, a dataset's expected
+    # output): kept, never shown to the agent. Empty for rollouts, and then left out of the record.
+    gold: dict = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +138,14 @@ class Episode(Record):
         version = data.get("schema_version") if isinstance(data, dict) else None
         if isinstance(version, int) and version > EPISODE_SCHEMA_VERSION:  # other types: pydantic names the field
             raise ValueError(f"schema_version {version} is newer than this r2w reads ({EPISODE_SCHEMA_VERSION})")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _lean(self, handler):
+        """Leave out an empty `gold`, so episodes without gold data serialise (and hash) as before it existed."""
+        data = handler(self)
+        if not data.get("gold"):
+            data.pop("gold", None)
         return data
 
     @property

@@ -15,9 +15,9 @@ records (`--skip-invalid`); each error names the file, the record number and the
 
 MLflow traces: a trace is a failure when its state is ERROR or it carries a failing feedback
 assessment (`mlflow.log_feedback` with value False / 0 / "no" / "fail" ...). It becomes an Episode
-with the root span's inputs as the task (its `task`/`question`/`query`/`prompt`/`input` argument
-when it has one), one step per direct child span (inputs -> observation, outputs -> action; chat
-`messages` -> prompt), or one step from the trace's request/response when it has no children.
+losslessly (model-call spans -> steps with their tool calls, TOOL spans -> tool results, expectations
+-> `gold`): r2w/importers/mlflow_traces.py, shared with MLflow trace exports. Other formats (OpenAI chat,
+OpenTelemetry GenAI, LangSmith, Langfuse): r2w/importers/.
 
 Time windows are half-open, since <= created_at < until, on every source; rollouts always stamp
 episodes with the time they ran, so a window selects imported failures only.
@@ -33,19 +33,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from r2w.contracts import Episode, Message, Step, content_hash, iter_strings
+from r2w.contracts import Episode, iter_strings
 from r2w.datasets import record_import, save_records
+from r2w.importers.mlflow_traces import failure_reason, trace_to_episode
+from r2w.importers.shapes import FAILING_VALUES, TASK_KEYS, is_failing_value  # noqa: F401 - re-exported
 from r2w.privacy import scrub_episodes, scrub_text
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
 REQUIRED = ("episode_id", "env", "category", "task_id", "split", "seed", "task", "created_at")
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
-TASK_KEYS = ("task", "question", "query", "prompt", "input", "instruction")
 MAX_RECORD_BYTES = 8 * 2**20  # default of collect.max_record_bytes
 EMPTY_FILE = "no records (empty file)"
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # a created_at later than now + this is an error, not a future episode
-FAILING_VALUES = {"no", "n", "false", "fail", "failed", "failure", "incorrect", "wrong", "bad", "0", "0.0"}
 
 
 @dataclass(frozen=True)
@@ -422,6 +422,13 @@ def _validate(
         return None, errors
     if errors:
         return None, errors
+    errors = check_episode(name, number, episode, now)
+    return (None, errors) if errors else (episode, [])
+
+
+def check_episode(name: str, number: int, episode: Episode, now: datetime | None = None) -> list[RecordError]:
+    """What a valid Episode can still get wrong: text that is not Unicode, a created_at in the future."""
+    errors = []
     for path, text in iter_strings(episode):
         try:
             text.encode("utf-8")
@@ -439,7 +446,7 @@ def _validate(
                 f" (got datetime {when.isoformat()})",
             )
         )
-    return (None, errors) if errors else (episode, [])
+    return errors
 
 
 def _loc(loc: tuple) -> str:
@@ -507,119 +514,6 @@ def import_mlflow_traces(
     episodes = [trace_to_episode(client.get_trace(tid, display=False), experiment) for tid in picked]
     stats.failures += len(episodes)
     return episodes
-
-
-def failure_reason(info) -> str:
-    """Why a trace counts as a failure ('' when it does not)."""
-    reasons = []
-    if str(getattr(info, "state", "")).upper().endswith("ERROR"):
-        reasons.append("trace status ERROR")
-    for a in getattr(info, "assessments", None) or []:
-        if getattr(a, "feedback", None) is None or getattr(a, "valid", True) is False:
-            continue  # expectations, and feedback overridden by a later one
-        if is_failing_value(a.value):
-            why = f"feedback {a.name}={a.value!r}"
-            reasons.append(why + (f" ({a.rationale})" if a.rationale else ""))
-    return "; ".join(reasons)
-
-
-def is_failing_value(value: object) -> bool:
-    if isinstance(value, bool):
-        return value is False
-    if isinstance(value, int | float):
-        return value == 0
-    if isinstance(value, str):
-        return value.strip().lower() in FAILING_VALUES
-    return False
-
-
-def trace_to_episode(trace, experiment: str) -> Episode:
-    info, spans = trace.info, list(trace.data.spans)
-    root = next((s for s in spans if s.parent_id is None), None)
-    children = [s for s in spans if root is not None and s.parent_id == root.span_id]
-    children.sort(key=lambda s: s.start_time_ns)
-    task = _task_text(root.inputs if root is not None else trace.data.request)
-    steps = [_span_step(i, s) for i, s in enumerate(children)]
-    if not steps:
-        response = _as_text(root.outputs if root is not None else trace.data.response)
-        steps = [Step(index=0, observation=task, valid_actions=[], prompt=[], response=response, action=response)]
-    error = ""
-    if root is not None and root.status.description:
-        error = root.status.description
-    reason = failure_reason(info)
-    name = (info.tags or {}).get("mlflow.traceName") or (root.name if root is not None else "trace")
-    metadata = info.trace_metadata or {}
-    return Episode(
-        episode_id="mt-" + content_hash(info.trace_id)[:16],
-        env="mlflow",
-        category=name,
-        task_id=f"mlflow/{experiment}/{info.trace_id}",
-        split="train",
-        seed=0,
-        task=task,
-        steps=steps,
-        success=False,
-        outcome="; ".join(x for x in (reason, error) if x),
-        policy="mlflow-trace",
-        model=str(metadata.get("mlflow.modelId", "")),
-        wall_time_s=round((info.execution_duration or 0) / 1000, 3),
-        created_at=datetime.fromtimestamp(info.request_time / 1000, UTC),
-        source="mlflow-trace",
-    )
-
-
-def _span_step(index: int, span) -> Step:
-    inputs = span.inputs
-    prompt: list[Message] = []
-    if isinstance(inputs, dict) and isinstance(inputs.get("messages"), list):
-        for m in inputs["messages"]:
-            if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant"):
-                prompt.append(Message(role=m["role"], content=str(m.get("content", ""))))
-    usage = (span.attributes or {}).get("mlflow.chat.tokenUsage") or {}
-    response = _as_text(span.outputs)
-    return Step(
-        index=index,
-        observation=_as_text(inputs),
-        valid_actions=[],
-        prompt=prompt,
-        response=response,
-        action=response,
-        prompt_tokens=_count_of(usage, "input_tokens"),
-        completion_tokens=_count_of(usage, "output_tokens"),
-    )
-
-
-def _count_of(usage: object, key: str) -> int:
-    """A token count from a span's usage attribute, which the agent logged as it liked: 0 unless a
-    non-negative integer (a string like "abc" or a list there must not fail the whole import)."""
-    value = usage.get(key) if isinstance(usage, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return 0
-    try:
-        number = int(float(value))
-    except (ValueError, OverflowError):
-        return 0
-    return max(number, 0)
-
-
-def _task_text(inputs: object) -> str:
-    """The root span's task: a conventional argument (task, question, query, prompt, input) or all inputs."""
-    if isinstance(inputs, dict):
-        for key in TASK_KEYS:
-            if isinstance(inputs.get(key), str):
-                return inputs[key]
-    return _as_text(inputs)
-
-
-def _as_text(value: object) -> str:
-    """Span inputs/outputs as text: a lone string argument as is, anything else as JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), str):
-        return next(iter(value.values()))
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 # ---------------------------------------------------------------- storing + lineage
