@@ -17,9 +17,10 @@ from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, utcnow
 from r2w.datasets import DatasetRef, record_import, save_records
+from r2w.importers.files import import_file
 from r2w.privacy import scrub_episodes
 from r2w.rollout import agent_policy, play
-from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, import_trace_file
+from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces
 
 
 class CollectResult(BaseModel):
@@ -81,8 +82,9 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     stats, episodes, errors = ImportStats(), [], []
     if c.source == "traces":
         for path in c.trace_paths:
-            got, errs = import_trace_file(
+            got, errs = import_file(  # any supported format, detected by content (r2w/importers)
                 path,
+                c.trace_format,
                 c.since,
                 c.until,
                 skip_invalid=c.skip_invalid,

@@ -247,3 +247,18 @@ def test_oversized_and_secret_values_are_reported_without_parsing_or_leaking(tmp
     text = "\n".join(str(e) for e in errors)
     assert key not in text and "record 1: messages[2]" in text
     assert "record 2: <record>: record is 5," in text and "collect.max_record_bytes" in text
+
+
+@pytest.mark.parametrize("fmt", [None, "openai"])
+def test_the_pipeline_collect_stage_reads_other_formats(tmp_path, fmt):
+    """`collect.source: traces` goes through the same importers (format detected, or named by collect.trace_format)."""
+    from r2w.config import load_config
+    from r2w.datasets import load_records
+    from tasks.collect import import_failures
+
+    sample = Path(__file__).parent / "data" / "traces" / "openai_chat.jsonl"
+    cfg = load_config("test", {"data_dir": str(tmp_path), "collect": {"source": "traces", "trace_paths": [str(sample)],
+                                                                     "trace_format": fmt}})  # fmt: skip
+    result = import_failures(cfg)
+    episodes = load_records(result.failures, Episode)
+    assert episodes and any(s.tool_calls for e in episodes for s in e.steps)
