@@ -223,6 +223,7 @@ class CollectConfig(Section):
     trace_format: Literal["r2w", "openai", "otel", "mlflow", "langsmith", "langfuse"] | None = Field(
         None, description="traces: the files' format; null detects it from the first record (r2w/importers)"
     )
+    trace_outcomes: str | None = Field(None, description="traces: a side file of outcomes keyed by record id")
     mlflow_experiment: str | None = Field(None, description="mlflow: experiment holding the agent's traces")
     mlflow_tracking_uri: str | None = Field(None, description="mlflow: defaults to registry.tracking_uri")
     since: str | None = Field(None, description="ISO start of the window (inclusive) for imported failures")

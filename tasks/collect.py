@@ -17,7 +17,7 @@ from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, utcnow
 from r2w.datasets import DatasetRef, record_import, save_records
-from r2w.importers.files import import_file
+from r2w.importers.files import import_file, load_outcomes
 from r2w.privacy import scrub_episodes
 from r2w.rollout import agent_policy, play
 from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces
@@ -81,6 +81,11 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     c = cfg.collect
     stats, episodes, errors = ImportStats(), [], []
     if c.source == "traces":
+        outcomes = None
+        if c.trace_outcomes:
+            outcomes, outcome_errors = load_outcomes(c.trace_outcomes)
+            if outcome_errors:
+                raise TraceImportError(outcome_errors)
         for path in c.trace_paths:
             got, errs = import_file(  # any supported format, detected by content (r2w/importers)
                 path,
@@ -91,6 +96,7 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
                 stats=stats,
                 max_record_bytes=c.max_record_bytes,
                 privacy=cfg.privacy,
+                outcomes=outcomes,
             )
             episodes += got
             errors += errs

@@ -257,8 +257,9 @@ def test_the_pipeline_collect_stage_reads_other_formats(tmp_path, fmt):
     from tasks.collect import import_failures
 
     sample = Path(__file__).parent / "data" / "traces" / "openai_chat.jsonl"
-    cfg = load_config("test", {"data_dir": str(tmp_path), "collect": {"source": "traces", "trace_paths": [str(sample)],
-                                                                     "trace_format": fmt}})  # fmt: skip
+    outcomes = str(Path(__file__).parent / "data" / "traces" / "openai_outcomes.jsonl")
+    collect = {"source": "traces", "trace_paths": [str(sample)], "trace_format": fmt, "trace_outcomes": outcomes}
+    cfg = load_config("test", {"data_dir": str(tmp_path), "collect": collect})
     result = import_failures(cfg)
     episodes = load_records(result.failures, Episode)
     assert episodes and any(s.tool_calls for e in episodes for s in e.steps)
