@@ -22,7 +22,6 @@ from r2w.importers.shapes import (
     ToolRun,
     as_json_text,
     as_text,
-    episode_id,
     first_user_text,
     is_failing_value,
     need,
@@ -30,9 +29,8 @@ from r2w.importers.shapes import (
     openai_tools,
     parse_time,
     reply_message,
-    steps_from_calls,
     task_text,
-    tools_of,
+    trace_fields,
 )
 
 FORMAT = "langfuse"
@@ -68,21 +66,8 @@ def _convert(raw: object, number: int) -> list[Draft]:
     outcome = _outcome(scores, [o for _, _, o in obs])
     prompts = [m for c in calls for m in c.prompt]
     task = task_text(raw.get("input")) if raw.get("input") is not None else first_user_text(prompts)
-    fields = dict(
-        episode_id=episode_id("lf", trace_id),
-        env="langfuse",
-        category=str(raw.get("name") or "trace"),
-        task_id=f"langfuse/{trace_id}",
-        split="train",
-        seed=0,
-        task=task,
-        steps=steps_from_calls(calls, runs),
-        tools=tools_of(calls),
-        policy="langfuse-trace",
-        model=next((c.model for c in calls if c.model), ""),
-        created_at=created,
-        source=FORMAT,
-    )
+    fields = trace_fields(FORMAT, "lf", trace_id, str(raw.get("name") or "trace"), task, calls, runs, created,
+                          "langfuse-trace")  # fmt: skip
     return [Draft(number, trace_id, fields, outcome)]
 
 

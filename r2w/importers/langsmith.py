@@ -23,16 +23,14 @@ from r2w.importers.shapes import (
     ToolRun,
     as_json_text,
     as_text,
-    episode_id,
     is_failing_value,
     need,
     openai_messages,
     openai_tools,
     parse_time,
     reply_message,
-    steps_from_calls,
     task_text,
-    tools_of,
+    trace_fields,
 )
 
 FORMAT = "langsmith"
@@ -127,21 +125,9 @@ def _trace(trace_id: str, members: list[tuple[int, dict]], feedback: list[dict])
         verdict = "langsmith:feedback" if mine else "langsmith:root error"
         outcome = Outcome(True, 1.0, "no failing feedback, no error", verdict)
     task = task_text(root.get("inputs"))
-    fields = dict(
-        episode_id=episode_id("ls", trace_id),
-        env="langsmith",
-        category=str(root.get("name") or "run"),
-        task_id=f"langsmith/{trace_id}",
-        split="train",
-        seed=0,
-        task=task,
-        steps=steps_from_calls(calls, runs),
-        tools=tools_of(calls),
-        policy="langsmith-run",
-        model=next((c.model for c in calls if c.model), ""),
-        created_at=parse_time(root.get("start_time"), "start_time"),
-        source=FORMAT,
-    )
+    created = parse_time(root.get("start_time"), "start_time")
+    fields = trace_fields(FORMAT, "ls", trace_id, str(root.get("name") or "run"), task, calls, runs, created,
+                          "langsmith-run")  # fmt: skip
     return Draft(root_number, trace_id, fields, outcome)
 
 

@@ -28,14 +28,12 @@ from r2w.importers.shapes import (
     ToolRun,
     as_json_text,
     as_text,
-    episode_id,
     first_user_text,
     need,
     openai_tools,
     parse_nanos,
-    steps_from_calls,
     tool_call,
-    tools_of,
+    trace_fields,
 )
 from r2w.traces import FAILING_VALUES, is_failing_value
 
@@ -247,24 +245,10 @@ def _trace(trace_id: str, spans: list[tuple[int, str, dict]]) -> Draft | None:
     else:
         text = f"root span status ERROR: {message}" if failed else "root span status OK"
         outcome = Outcome(not failed, float(not failed), text, "otel:root span status")
-    steps = steps_from_calls(calls, runs)
     prompts = [m for c in sorted(calls, key=lambda c: c.start) for m in c.prompt]
     agent = attrs.get("gen_ai.agent.name")
-    fields = dict(
-        episode_id=episode_id("ot", trace_id),
-        env="otel",
-        category=agent if isinstance(agent, str) and agent else str(span.get("name") or "genai"),
-        task_id=f"otel/{trace_id}",
-        split="train",
-        seed=0,
-        task=first_user_text(prompts),
-        steps=steps,
-        tools=tools_of(calls),
-        policy="otel-genai",
-        model=next((c.model for c in calls if c.model), ""),
-        created_at=start,
-        source=FORMAT,
-    )
+    category = agent if isinstance(agent, str) and agent else str(span.get("name") or "genai")
+    fields = trace_fields(FORMAT, "ot", trace_id, category, first_user_text(prompts), calls, runs, start, "otel-genai")
     return Draft(number, trace_id, fields, outcome)
 
 

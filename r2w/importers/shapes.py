@@ -450,3 +450,33 @@ def tools_of(calls: list[ChatCall]) -> list[dict]:
                 seen.add(name)
                 out.append(tool)
     return out
+
+
+def trace_fields(
+    fmt: str,
+    prefix: str,
+    trace_id: str,
+    category: str,
+    task: str,
+    calls: list[ChatCall],
+    runs: list[ToolRun],
+    created_at,
+    policy: str,
+) -> dict:
+    """The Episode fields every trace format fills the same way: ids from the trace id, steps from its model
+    calls and tool runs, the tools they offered, the first model named."""
+    return dict(
+        episode_id=episode_id(prefix, trace_id),
+        env=fmt,
+        category=category,
+        task_id=f"{fmt}/{trace_id}",
+        split="train",
+        seed=0,
+        task=task,
+        steps=steps_from_calls(calls, runs),
+        tools=tools_of(calls),
+        policy=policy,
+        model=next((c.model for c in calls if c.model), ""),
+        created_at=created_at,
+        source=fmt,
+    )
