@@ -2,7 +2,9 @@
 
 Every `r2w.*` tag that one module writes and another reads is named here, so the contract
 between registering (tasks/register.py), re-gating (flows/evaluate.py), cadence and `r2w status`
-is written down once. Nothing in r2w moves `champion` except `promote_version`/`rollback_champion`,
+is written down once. mlflow is imported inside the functions that call it: it reads its settings
+at import (r2w/runtime.py), and light modules (benchmarks, the CLI's help) read the tag names here.
+Nothing in r2w moves `champion` except `promote_version`/`rollback_champion`,
 which only the human `r2w promote` / `r2w rollback` commands call.
 """
 
@@ -13,8 +15,6 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
 from r2w.config import R2WConfig
@@ -95,6 +95,8 @@ class Lineage(BaseModel):
 
 
 def alias_version(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
@@ -102,6 +104,8 @@ def alias_version(client, name: str, alias: str) -> str | None:
 
 
 def registered_model_exists(client, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
     try:
         client.get_registered_model(name)
         return True
@@ -110,6 +114,8 @@ def registered_model_exists(client, name: str) -> bool:
 
 
 def aliases_by_version(client, name: str) -> dict[str, list[str]]:
+    from mlflow.exceptions import MlflowException
+
     """version -> its aliases (search results do not carry aliases; the registered model does)."""
     try:
         model = client.get_registered_model(name)
@@ -198,6 +204,8 @@ def student_base_for(cfg: R2WConfig, lineage: Lineage) -> Path:
 
 
 def _download_model(source: str, tracking_uri: str, folder: Path) -> None:
+    import mlflow
+
     local = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=tracking_uri)
     )
