@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 from r2w.contracts import Episode, GateReport, Hint
+from r2w.costs import BreakEven
 
 
-def render_markdown(report: GateReport, lineage: dict[str, str] | None = None, title: str = "r2w gate report") -> str:
+def render_markdown(
+    report: GateReport,
+    lineage: dict[str, str] | None = None,
+    title: str = "r2w gate report",
+    break_even: BreakEven | None = None,
+) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     lines = [f"# {title}: {verdict}", ""]
     if report.reasons:
@@ -35,6 +41,19 @@ def render_markdown(report: GateReport, lineage: dict[str, str] | None = None, t
     if report.privacy:
         privacy = [f"- {k}: {v:g}" for k, v in sorted(report.privacy.items())]
         lines += ["", "## Privacy (canary extraction)", ""] + privacy
+    if break_even is not None:
+        b = break_even
+        lines += [
+            "",
+            "## Cost and break-even",
+            "",
+            f"- break-even: {b.text()}",
+            f"- retrieval tokens saved per episode (base+hints - student): {b.savings_per_episode:+.1f}",
+            f"- episodes per day (cadence.episodes_per_day): {b.episodes_per_day}",
+            f"- round so far: {b.round_tokens:,} tokens generated, {b.round_cpu_s:.1f} CPU s; "
+            f"{b.tokens_per_cpu_s:.1f} tokens per CPU s; cost {b.round_cost_tokens:,.0f} token-equivalents "
+            "(generated tokens + other stages' CPU s at that rate)",
+        ]
     if lineage:
         lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(lineage.items())]
     lines += [

@@ -138,6 +138,17 @@ def print_summary(summary) -> None:
         table.add_row("registry", f"{summary.model_name} version {summary.registered_version} (alias challenger)")
     else:
         table.add_row("registry", "nothing registered")
+    if summary.task_range or summary.window:
+        what = f"train tasks {summary.task_range}" if summary.task_range else f"window {summary.window}"
+        table.add_row("round", f"{what}, after version {summary.previous_version or '-'}")
+    if summary.costs:
+        wall, cpu = sum(c.wall_s for c in summary.costs.values()), sum(c.cpu_s for c in summary.costs.values())
+        tokens = sum(c.tokens for c in summary.costs.values())
+        table.add_row("cost (wall / CPU / tokens)", f"{wall:.0f} s / {cpu:.0f} CPU s / {tokens:,} tokens")
+        per_stage = ", ".join(f"{n} {c.cpu_s:.0f}s/{c.tokens:,}t" for n, c in summary.costs.items())
+        table.add_row("  per stage (CPU s / tokens)", per_stage)
+    if summary.break_even is not None:
+        table.add_row("break-even", escape(summary.break_even.text()))
     if summary.report_path:
         table.add_row("gate report", summary.report_path)
     console.print(table)

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 
 from evaluation.metrics import format_score
 from flows.cadence import novelty_since_last_version
+from flows.rounds import PreviousRound, next_round, round_lineage
 from flows.run import Run, RunSummary, one_run_per_model, tracked_run
 from prompts.hints import PROMPT_VERSION as HINTS_PROMPT_VERSION
 from r2w.backends import agent_backends, make_student_backend
@@ -27,11 +28,11 @@ from r2w.config import R2WConfig, load_config
 from r2w.contracts import Episode
 from r2w.datasets import load_records
 from r2w.hintstore import HintStore
-from r2w.registry import Lineage, Tag
+from r2w.registry import Tag
 from r2w.runstate import run_state
 from r2w.runtime import configure_environment, set_torch_threads
 from r2w.traces import log_dataset_input
-from tasks.collect import collect_task, source_fingerprint
+from tasks.collect import collect_task, source_fingerprint, task_offset
 from tasks.distill import build_examples_task, resolve_student_base, train_task
 from tasks.gate import evaluate_task, gate_task
 from tasks.hints import hints_task
@@ -46,21 +47,23 @@ def retrain(config: str = "demo", overrides: dict[str, Any] | None = None) -> Ru
 
     Runs hold a Prefect concurrency slot named after the registered model, so two runs for one
     model never interleave; expensive stages are cached, so a rerun resumes where one stopped.
+    `collect.offset` / `collect.since` = auto start the round where the previous one ended (flows/rounds.py).
     """
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
     set_torch_threads(cfg.runtime.torch_threads)
     with one_run_per_model(cfg.registry.model_name, cfg.data_path / "locks"), run_state(cfg.data_path):
+        cfg, previous = next_round(cfg)  # under the model's slot: no two rounds take one range
         with tracked_run(cfg) as run:
-            return six_steps(cfg, run)
+            return six_steps(cfg, run, previous)
 
 
 # Keyword calls stay on two lines each (formatter off), so the six steps read top-down.
 # fmt: off
-def six_steps(cfg: R2WConfig, run: Run) -> RunSummary:
-    log, summary = get_run_logger(), run.summary
-    models = agent_backends(cfg)
-    lineage = Lineage(config_hash=cfg.hash, base_model=cfg.models.base, mlflow_run=run.id)
+def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSummary:
+    log, summary, models = get_run_logger(), run.summary, agent_backends(cfg)
+    lineage = round_lineage(cfg, run.id, previous)  # task range or window, and the previous round's version
+    run.start_round(lineage)
 
     # 1. collect the base agent's failures (rolled out, or imported from traces in a window)
     collected = run.stage("collect", collect_task, cfg=cfg, backend=models.base, sources=source_fingerprint(cfg))
@@ -68,13 +71,11 @@ def six_steps(cfg: R2WConfig, run: Run) -> RunSummary:
     summary.episodes, summary.failures, summary.scrubbed = collected.n_episodes, len(failures), collected.scrubbed
     lineage.failures_dataset = collected.failures.hash
     log_dataset_input(run.client, run.id, collected.failures, failures)
-    if cfg.collect.since or cfg.collect.until:
-        run.tag(Tag.WINDOW, f"{cfg.collect.since or ''}/{cfg.collect.until or ''}")
     log.info("collected %d episodes, %d failures", collected.n_episodes, collected.n_failures)
     if not failures:
-        imported = cfg.collect.source != "rollout"
-        window = f" in {cfg.collect.since or '-'}..{cfg.collect.until or '-'}" if imported else ""
-        return run.stop(f"skipped: no failures{window}, nothing to learn", gate="skipped")
+        window = f" in {cfg.collect.since or '-'}..{cfg.collect.until or '-'}" if lineage.window else ""
+        since = f" since v{lineage.previous_version}" if lineage.previous_version else ""
+        return run.stop(f"skipped: no failures{window}, nothing new{since} to learn", gate="skipped")
 
     # 2. extract hints from the failures into auditable memory (Chroma)
     store = HintStore(cfg.hints, cfg.data_path)
@@ -90,19 +91,17 @@ def six_steps(cfg: R2WConfig, run: Run) -> RunSummary:
     if hints.quarantined:
         run.tag(Tag.QUARANTINED, ",".join(hints.quarantined))
     if cfg.hints.k > 0 and not active:
-        return run.stop(
-            f"stopped: the hint store ({store.identity}) has no active hints after extraction ({hints.extracted} "
-            f"extracted, {summary.hints_rejected} rejected); expected at least one for the teacher "
-            "(add hints.curated_packs, or set hints.k=0 to teach without hints)"
-        )
-    novelty = novelty_since_last_version(cfg, run.client, failures, active)
+        return run.stop(f"stopped: the hint store ({store.identity}) has no active hints after extraction "
+                        f"({hints.extracted} extracted, {summary.hints_rejected} rejected); expected at least one for "
+                        "the teacher (add hints.curated_packs, or set hints.k=0 to teach without hints)")
+    novelty = novelty_since_last_version(cfg, run.client, failures, active, lineage)
     run.log(novelty.metrics())
     if not novelty.worth_retraining(cfg):
         return run.stop(novelty.reason(cfg), gate="skipped")
 
     # 3. teach: the teacher re-runs training tasks with the top-k hints; verified successes only
     taught = run.stage("teach", teach_task, cfg=cfg, backend=models.teacher, retrieve=store.retrieve,
-                       hint_snapshot=lineage.hint_snapshot)
+                       hint_snapshot=lineage.hint_snapshot, offset=task_offset(cfg))
     summary.teacher_attempts, summary.trajectories_kept = taught.attempts, taught.kept
     lineage.trajectories_dataset = taught.trajectories.hash
 
@@ -131,7 +130,8 @@ def six_steps(cfg: R2WConfig, run: Run) -> RunSummary:
     evaluation = run.stage("evaluate", evaluate_task, cfg=cfg, base_backend=models.base, student_backend=student_model,
                            retrieve=store.retrieve, hint_snapshot=lineage.hint_snapshot)
     report, report_dir = run.stage("gate", gate_task, cfg=cfg, evaluation=evaluation, leakage=dataset.leakage,
-                                   out_dir=cfg.data_path / "runs" / run.id, lineage=lineage, hints=active)
+                                   out_dir=cfg.data_path / "runs" / run.id, lineage=lineage, hints=active,
+                                   break_even=run.break_even(evaluation.scores))  # saved tokens/day vs round cost
     summary.scores = {s.policy: format_score(s) for s in evaluation.scores}
     summary.gate_passed, summary.reasons = report.passed, report.reasons
     summary.report_path = str(report_dir / "gate_report.md")

@@ -24,10 +24,11 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import BaseModel
 
 from r2w.config import R2WConfig
-from r2w.contracts import utcnow
+from r2w.contracts import BASE_HINTS, STUDENT, PolicyScore, utcnow
+from r2w.costs import BreakEven, StageCost, break_even, measured
 from r2w.faults import fault_point
 from r2w.privacy import loggable_config, scrub_text
-from r2w.registry import Tag
+from r2w.registry import Lineage, Tag
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
 
@@ -55,6 +56,11 @@ class RunSummary(BaseModel):
     model_name: str = ""
     report_path: str | None = None
     stage_states: dict[str, str] = {}  # e.g. {"collect": "Cached", "train": "Completed"}
+    costs: dict[str, StageCost] = {}  # per stage: wall s, CPU s, generated tokens (r2w/costs.py)
+    break_even: BreakEven | None = None  # days until the student's saved tokens repay the round
+    task_range: str = ""  # rollout rounds: train tasks [a:b) this round used
+    window: str = ""  # imported rounds: the collect window since/until
+    previous_version: str | None = None  # the previous round's registered version of this model
     started_at: str = ""
     finished_at: str = ""
 
@@ -72,14 +78,36 @@ class Run:
         )
 
     def stage(self, name: str, task, **inputs: Any):
-        """Run a stage's task, remember its final state (Completed / Cached), log its metrics, return its result."""
-        state = task(**inputs, return_state=True)
+        """Run a stage's task, remember its final state (Completed / Cached) and its cost (wall, CPU, tokens
+        generated: none when cached), log its metrics, return its result."""
+        with measured() as cost:
+            state = task(**inputs, return_state=True)
+            result = state.result()
         self.summary.stage_states[name] = state.name
-        result = state.result()
+        cost.tokens = 0 if state.name == "Cached" else int(getattr(result, "tokens", 0) or 0)
+        self.summary.costs[name] = cost
+        self.log(cost.metrics(name))
         fault_point(f"after:{name}")  # test-only crash point (r2w/faults.py); a no-op unless R2W_FAULT is set
         if callable(getattr(result, "metrics", None)):
             self.log(result.metrics())
         return result
+
+    def start_round(self, lineage: Lineage) -> None:
+        """Record what this round learns from (task range or window) and the round it follows."""
+        s, previous = self.summary, lineage.previous_version or None
+        s.task_range, s.window, s.previous_version = lineage.task_range, lineage.window, previous
+        if lineage.window.strip("/"):  # backfill finds finished chunks by this tag
+            self.tag(Tag.WINDOW, lineage.window)
+
+    def break_even(self, scores: list[PolicyScore]) -> BreakEven | None:
+        """Days until the student's saved retrieval tokens repay the stages run so far (r2w/costs.py)."""
+        by_policy = {s.policy: s for s in scores}
+        if BASE_HINTS not in by_policy or STUDENT not in by_policy:
+            return None
+        hinted, student = by_policy[BASE_HINTS].mean_tokens, by_policy[STUDENT].mean_tokens
+        self.summary.break_even = break_even(self.summary.costs, hinted, student, self.cfg.cadence.episodes_per_day)
+        self.log(self.summary.break_even.metrics())
+        return self.summary.break_even
 
     def log(self, metrics: dict[str, float]) -> None:
         log_metrics(self.client, self.id, metrics)
@@ -99,6 +127,12 @@ class Run:
         return self.finish()
 
     def finish(self) -> RunSummary:
+        total = StageCost(
+            wall_s=round(sum(c.wall_s for c in self.summary.costs.values()), 3),
+            cpu_s=round(sum(c.cpu_s for c in self.summary.costs.values()), 3),
+            tokens=sum(c.tokens for c in self.summary.costs.values()),
+        )
+        self.log(total.metrics("total"))
         self.client.set_terminated(self.id)
         self.summary.finished_at = str(utcnow())
         return self.summary

@@ -216,6 +216,11 @@ class CollectConfig(Section):
         "rollout", description="rollout: play the env; traces: JSONL/Parquet files; mlflow: failed MLflow traces"
     )
     episodes: int = Field(16, ge=1, description="rollout: training games played by the base agent")
+    offset: int | Literal["auto"] = Field(
+        0,
+        description="rollout: first train task of the round; auto: the task after the previous registered "
+        "round's task range (flows/rounds.py), so scheduled rounds move forward",
+    )
     temperature: float = Field(0.0, ge=0.0)
     trace_paths: Annotated[list[str], InputPath(relative=("cwd",))] = Field(
         default_factory=list, description="traces: files to import"
@@ -226,7 +231,11 @@ class CollectConfig(Section):
     trace_outcomes: str | None = Field(None, description="traces: a side file of outcomes keyed by record id")
     mlflow_experiment: str | None = Field(None, description="mlflow: experiment holding the agent's traces")
     mlflow_tracking_uri: str | None = Field(None, description="mlflow: defaults to registry.tracking_uri")
-    since: str | None = Field(None, description="ISO start of the window (inclusive) for imported failures")
+    since: str | None = Field(
+        None,
+        description="ISO start of the window (inclusive) for imported failures; auto: the previous registered "
+        "round's window end, else its start time (flows/rounds.py)",
+    )
     until: str | None = Field(None, description="ISO end of the window (exclusive)")
     skip_invalid: bool = Field(False, description="import the valid records of a trace file with errors")
     max_record_bytes: int = Field(
@@ -239,7 +248,10 @@ class CollectConfig(Section):
             raise ValueError("collect.trace_paths: required when collect.source is 'traces'")
         if self.source == "mlflow" and not self.mlflow_experiment:
             raise ValueError("collect.mlflow_experiment: required when collect.source is 'mlflow'")
-        since, until = _when("collect.since", self.since), _when("collect.until", self.until)
+        if isinstance(self.offset, int) and self.offset < 0:
+            raise ValueError(f"collect.offset: {self.offset} must be >= 0 or 'auto'")
+        since = None if self.since == "auto" else _when("collect.since", self.since)
+        until = _when("collect.until", self.until)
         if since and until and since >= until:
             raise ValueError(f"collect.until {self.until!r} must be after collect.since {self.since!r} (empty window)")
         return self
@@ -471,6 +483,12 @@ class CadenceConfig(Section):
 
     min_new_failures: int = Field(0, ge=0)
     min_new_hints: int = Field(0, ge=0)
+    episodes_per_day: int = Field(
+        1000,
+        ge=0,
+        description="production episodes a day: scales the student's per-episode token savings "
+        "into the break-even figure (r2w/costs.py)",
+    )
 
 
 class RegistryConfig(Section):

@@ -68,7 +68,13 @@ class Lineage(BaseModel):
 
     `base_model` is the configured base; `student_base` is the model the adapter was trained on
     and must be loaded on (the champion's merged model when `distill.init_from: champion`), and
-    `parent_version` the registered version that model came from.
+    `parent_version` the registered version that model came from (the weights' parent).
+
+    Rounds (flows/rounds.py): `task_range` ("a:b", train tasks [a, b)) or `window` ("since/until")
+    is what this round learned from; `previous_version` is the previous round's version of the same
+    model (whatever the student was trained on), and `previous_hint_snapshot` /
+    `previous_training_dataset` that round's hint snapshot and training dataset, so each round's
+    inputs link to the round before.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -84,6 +90,11 @@ class Lineage(BaseModel):
     training_dataset: str = ""
     student: str = ""  # the student folder's name: lets a rerun adopt a version its killed predecessor created
     evaluated_version: str = ""  # set on re-gate runs (`r2w evaluate`)
+    task_range: str = ""
+    window: str = ""
+    previous_version: str = ""
+    previous_hint_snapshot: str = ""
+    previous_training_dataset: str = ""
 
     def tags(self) -> dict[str, str]:
         return {f"r2w.{key}": value for key, value in self.model_dump().items() if value}

@@ -29,6 +29,7 @@ class CollectResult(BaseModel):
     n_episodes: int
     n_failures: int
     scrubbed: dict[str, int] = {}  # kind of private data -> matches replaced before storing (r2w/privacy.py)
+    tokens: int = 0  # prompt + completion tokens the rollouts generated (imports: 0)
 
     def metrics(self) -> dict[str, float]:
         scrubbed = {f"privacy.scrubbed.{kind}": n for kind, n in self.scrubbed.items()}
@@ -38,11 +39,19 @@ class CollectResult(BaseModel):
 def play_training_games(
     cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base", shard: int = 0, shards: int = 1
 ) -> list[Episode]:
-    """The base agent's rollouts on the train split (every `shards`-th game from `shard`), as configured."""
+    """The base agent's rollouts on the train split (every `shards`-th game from `shard`), as configured:
+    `collect.episodes` tasks from `collect.offset` (the retrain flow resolves `auto` first)."""
     factory = make_environment(cfg.env)
-    tasks = factory.tasks("train", cfg.collect.episodes)[shard::shards]
+    tasks = factory.tasks("train", cfg.collect.episodes, task_offset(cfg))[shard::shards]
     policy = agent_policy(cfg, backend, policy_name, cfg.collect.temperature)
     return play(cfg, factory, tasks, policy, desc="collect (base agent)")
+
+
+def task_offset(cfg: R2WConfig) -> int:
+    """The round's first train task; `auto` must have been resolved (flows/rounds.py) before a stage runs."""
+    if cfg.collect.offset == "auto":
+        raise ValueError("collect.offset=auto: resolved by the retrain flow from the previous round (flows/rounds.py)")
+    return cfg.collect.offset
 
 
 def collect_failures(
@@ -72,6 +81,7 @@ def store_rollouts(cfg: R2WConfig, episodes: list[Episode], meta: dict) -> Colle
         n_episodes=len(episodes),
         n_failures=len(failures),
         scrubbed=scrubbed,
+        tokens=sum(e.total_tokens for e in episodes),
     )
 
 

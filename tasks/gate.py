@@ -35,6 +35,7 @@ from r2w.backends.hf import TransformersBackend
 from r2w.caching import expensive_stage
 from r2w.config import EnvConfig, R2WConfig
 from r2w.contracts import BASE, BASE_HINTS, BASE_SAMPLED, RANDOM, STUDENT, Episode, GateReport, Hint, PolicyScore
+from r2w.costs import BreakEven
 from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.registry import Lineage
 from r2w.rollout import RandomPolicy, agent_policy, play
@@ -47,6 +48,7 @@ class EvaluationResult(BaseModel):
     episodes: DatasetRef
     paired_hints_vs_base: dict[str, int] = {}  # base WITH hints vs base, same seeds: the hint-harm gate
     privacy: dict[str, float] = {}  # canary extraction counts (evaluation/canary.py)
+    tokens: int = 0  # prompt + completion tokens of every evaluated episode (random: none)
 
     def metrics(self) -> dict[str, float]:
         return {**score_metrics(self.scores), **{f"retention.{k}": v for k, v in self.retention.items()}}
@@ -66,15 +68,18 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
     student_eps = play(cfg, factory, tasks, greedy(student_backend, STUDENT), f"evaluate {STUDENT}")
     random_tasks = factory.tasks("test", cfg.evaluate.random_episodes)
     random_eps = play(cfg, factory, random_tasks, RandomPolicy(cfg.runtime.seed), RANDOM, batch_size=32)
+    sampled_eps: list[Episode] = []
+    if cfg.evaluate.sampled_baseline:  # the strongest simple baseline may be the base's own sampling
+        sampled = agent_policy(cfg, base_backend, BASE_SAMPLED, temperature=cfg.teach.temperature)
+        sampled_eps = play(cfg, factory, tasks, sampled, f"evaluate {BASE_SAMPLED}")
     scores = [
         score_episodes(RANDOM, random_eps),
         score_episodes(BASE, base_eps),
         score_episodes(BASE_HINTS, hinted_eps),
         score_episodes(STUDENT, student_eps),
     ]
-    if cfg.evaluate.sampled_baseline:  # the strongest simple baseline may be the base's own sampling
-        sampled = agent_policy(cfg, base_backend, BASE_SAMPLED, temperature=cfg.teach.temperature)
-        scores.append(score_episodes(BASE_SAMPLED, play(cfg, factory, tasks, sampled, f"evaluate {BASE_SAMPLED}")))
+    if cfg.evaluate.sampled_baseline:
+        scores.append(score_episodes(BASE_SAMPLED, sampled_eps))
     student_model = logits_model(student_backend, cfg.models.dtype)  # loaded once: retention and canaries share it
     retention = measure_retention(cfg, base_backend, student_model)
     privacy = probe_canaries(cfg, student_backend, student_model)
@@ -87,6 +92,7 @@ def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snaps
         paired_hints_vs_base=paired_counts(hinted_eps, base_eps),
         episodes=ref,
         privacy=privacy,
+        tokens=sum(e.total_tokens for e in episodes + sampled_eps),
     )
 
 
@@ -149,6 +155,7 @@ def gate(
     out_dir: Path,
     lineage: Lineage | dict[str, str],
     hints: list[Hint] | None = None,
+    break_even: BreakEven | None = None,
 ) -> tuple[GateReport, Path]:
     """Apply the configured gate policy and write what a reviewer reads to out_dir: the report (markdown,
     JSON, plot), a base-vs-student transcript on the same held-out tasks, and the hint set taught with."""
@@ -162,7 +169,8 @@ def gate(
         hints_vs_base=evaluation.paired_hints_vs_base,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gate_report.md").write_text(render_markdown(report, lineage.model_dump(exclude_defaults=True)))
+    markdown = render_markdown(report, lineage.model_dump(exclude_defaults=True), break_even=break_even)
+    (out_dir / "gate_report.md").write_text(markdown)
     (out_dir / "gate_report.json").write_text(report.model_dump_json(indent=2))
     (out_dir / "paired_student_vs_base.json").write_text(json.dumps(evaluation.paired_student_vs_base))
     (out_dir / "paired_base_hints_vs_base.json").write_text(json.dumps(evaluation.paired_hints_vs_base))

@@ -26,6 +26,7 @@ class ReplayResult(BaseModel):
     examples: DatasetRef
     kept: int
     empty: int  # base replies with no text: nothing to keep
+    tokens: int = 0  # prompt + completion tokens of the base's replayed answers
 
 
 def build_replay_set(cfg: R2WConfig, backend: GenerationBackend, replay: ReplaySettings) -> ReplayResult:
@@ -55,7 +56,8 @@ def build_replay_set(cfg: R2WConfig, backend: GenerationBackend, replay: ReplayS
         )
     meta = {"families": replay.families, "model": policy.model_id, "empty": empty}
     ref = save_records(rows, cfg.data_path / "datasets", "replay-examples", meta)
-    return ReplayResult(examples=ref, kept=len(rows), empty=empty)
+    tokens = sum(e.total_tokens for e in episodes)
+    return ReplayResult(examples=ref, kept=len(rows), empty=empty, tokens=tokens)
 
 
 replay_task = task(**expensive_stage("replay-set", "models", "agent", "runtime"))(build_replay_set)

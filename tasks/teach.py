@@ -32,6 +32,7 @@ class TeachResult(BaseModel):
     tasks: int
     single_sample_rate: float  # success of sample 0 only: the teacher's one-shot rate
     hint_snapshot: str
+    tokens: int = 0  # prompt + completion tokens of every teacher attempt
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -41,9 +42,12 @@ class TeachResult(BaseModel):
         }
 
 
-def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve: HintRetriever, hint_snapshot: str) -> TeachResult:
+def teach(
+    cfg: R2WConfig, backend: GenerationBackend, retrieve: HintRetriever, hint_snapshot: str, offset: int = 0
+) -> TeachResult:
+    """Best-of-n hinted attempts on `teach.tasks` train tasks from `offset` (the round's first task)."""
     factory = make_environment(cfg.env)
-    tasks = factory.tasks("train", cfg.teach.tasks)
+    tasks = factory.tasks("train", cfg.teach.tasks, offset)
     policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
     desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"
     episodes = play(cfg, factory, tasks, policy, desc, samples=cfg.teach.samples, retrieve=retrieve)
@@ -69,6 +73,7 @@ def teach(cfg: R2WConfig, backend: GenerationBackend, retrieve: HintRetriever, h
         tasks=len(tasks),
         single_sample_rate=score_episodes("teacher", first).rate,
         hint_snapshot=hint_snapshot,
+        tokens=sum(e.total_tokens for e in episodes),
     )
 
 

@@ -1,5 +1,5 @@
 """Prefect orchestration for real: deployments with crons, cached resume after a kill,
-one run at a time per model, and the retrain-only-when-worth-it cadence."""
+one run at a time per model, the retrain-only-when-worth-it cadence, and no second version of the same inputs."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_deploy_registers_scheduled_deployment():
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("retrain/retrain-nightly")
     assert [s.schedule.cron for s in dep.schedules] == ["0 2 * * *"]
-    assert dep.parameters == {"config": "demo"}
+    assert dep.parameters == {"config": "demo", "overrides": {"collect": {"offset": "auto"}}}  # rounds move forward
 
 
 def test_bad_deployment_spec_is_named(tmp_path):
@@ -115,4 +115,8 @@ def test_two_runs_for_one_model_are_serialised(long_training_config):
     assert len(results) == 2
     first, second = sorted(results, key=lambda s: s.started_at)
     assert first.finished_at <= second.started_at, "runs for one model overlapped"
-    assert sorted(s.registered_version for s in results) == ["2", "3"]
+    # both found v1's inputs (config, failures, hint snapshot): a cached stop each, never v2/v3 of the same student
+    assert [s.registered_version for s in results] == [None, None]
+    for summary in results:
+        assert summary.reasons[0].startswith("skipped: nothing new since v1: "), summary.reasons
+        assert summary.stage_states["collect"] == "Cached" and "train" not in summary.stage_states
