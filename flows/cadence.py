@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from r2w.config import R2WConfig
 from r2w.contracts import Episode, Hint
 from r2w.datasets import load_records, verify_dataset
-from r2w.registry import Lineage
+from r2w.registry import Lineage, Tag
 
 
 class Novelty(BaseModel):
@@ -64,7 +64,10 @@ def novelty_since_last_version(
     same = None
     if lineage is not None:
         inputs = {f"r2w.{k}": getattr(lineage, k) for k in ("config_hash", "failures_dataset", "hint_snapshot")}
-        same = next((str(v.version) for v in versions if all(v.tags.get(k) == x for k, x in inputs.items())), None)
+        # only a complete registration counts: a version a killed run left `pending` is adopted by this run's
+        # register stage, which a "nothing new" stop would never reach
+        complete = [v for v in versions if v.tags.get(Tag.REGISTRATION) != "pending"]
+        same = next((str(v.version) for v in complete if all(v.tags.get(k) == x for k, x in inputs.items())), None)
     seen: set[str] = set()
     digest = Lineage.from_tags(last.tags).failures_dataset
     if digest:
