@@ -147,6 +147,9 @@ def print_summary(summary) -> None:
         table.add_row("cost (wall / CPU / tokens)", f"{wall:.0f} s / {cpu:.0f} CPU s / {tokens:,} tokens")
         per_stage = ", ".join(f"{n} {c.cpu_s:.0f}s/{c.tokens:,}t" for n, c in summary.costs.items())
         table.add_row("  per stage (CPU s / tokens)", per_stage)
+        usd = sum(c.usd for c in summary.costs.values())
+        if usd:
+            table.add_row("  hosted teacher", f"${usd:,.4f} at models.teacher_usd_per_1m_tokens")
     if summary.break_even is not None:
         table.add_row("break-even", escape(summary.break_even.text()))
     if summary.report_path:

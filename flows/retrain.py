@@ -79,8 +79,8 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
 
     # 2. extract hints from the failures into auditable memory (Chroma)
     store = HintStore(cfg.hints, cfg.data_path)
-    lm = make_extractor_lm(cfg.hints.extractor, models.base, model_name=models.base_path.name)
-    extractor_id = f"{cfg.hints.extractor.model or models.base_path.name}/{HINTS_PROMPT_VERSION}"
+    lm = make_extractor_lm(cfg.hints.extractor, *models.extractor())
+    extractor_id = f"{lm.model.partition('/')[2]}/{HINTS_PROMPT_VERSION}"  # the model that wrote the hints
     hints = run.stage("hints", hints_task, failures=failures, hints_cfg=cfg.hints, store=store, lm=lm,
                       extractor_id=extractor_id, run_id=run.id)
     active = store.list(status="active")  # read live, not from the cached result: a person may have curated it

@@ -31,6 +31,8 @@ from r2w.privacy import loggable_config, scrub_text
 from r2w.registry import Lineage, Tag
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
+HOSTED_TEACHER_STAGES = ("teach",)  # stages whose generated tokens all come from the teacher
+
 
 class RunSummary(BaseModel):
     """What a person wants to know after a run, in one place (the CLI prints it)."""
@@ -85,6 +87,8 @@ class Run:
             result = state.result()
         self.summary.stage_states[name] = state.name
         cost.tokens = 0 if state.name == "Cached" else int(getattr(result, "tokens", 0) or 0)
+        if name in HOSTED_TEACHER_STAGES and self.cfg.models.teacher_url:  # every token of these is the teacher's
+            cost.usd = round(cost.tokens * self.cfg.models.teacher_usd_per_1m_tokens / 1e6, 6)
         self.summary.costs[name] = cost
         self.log(cost.metrics(name))
         fault_point(f"after:{name}")  # test-only crash point (r2w/faults.py); a no-op unless R2W_FAULT is set
@@ -131,6 +135,7 @@ class Run:
             wall_s=round(sum(c.wall_s for c in self.summary.costs.values()), 3),
             cpu_s=round(sum(c.cpu_s for c in self.summary.costs.values()), 3),
             tokens=sum(c.tokens for c in self.summary.costs.values()),
+            usd=round(sum(c.usd for c in self.summary.costs.values()), 6),
         )
         self.log(total.metrics("total"))
         self.client.set_terminated(self.id)
