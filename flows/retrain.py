@@ -75,7 +75,8 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
     if not failures:
         window = f" in {cfg.collect.since or '-'}..{cfg.collect.until or '-'}" if lineage.window else ""
         since = f" since v{lineage.previous_version}" if lineage.previous_version else ""
-        return run.stop(f"skipped: no failures{window}, nothing new{since} to learn", gate="skipped")
+        return run.stop(f"skipped: no failures{window}, nothing new{since} to learn", gate="skipped",
+                        consumed=bool(lineage.task_range))  # a range the base agent solved: the next round moves on
 
     # 2. extract hints from the failures into auditable memory (Chroma)
     store = HintStore(cfg.hints, cfg.data_path)

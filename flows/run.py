@@ -60,6 +60,7 @@ class RunSummary(BaseModel):
     stage_states: dict[str, str] = {}  # e.g. {"collect": "Cached", "train": "Completed"}
     costs: dict[str, StageCost] = {}  # per stage: wall s, CPU s, generated tokens (r2w/costs.py)
     break_even: BreakEven | None = None  # days until the student's saved tokens repay the round
+    round: str = ""  # registered | consumed (its range had no failures) | retry (the next round plays it again)
     task_range: str = ""  # rollout rounds: train tasks [a:b) this round used
     window: str = ""  # imported rounds: the collect window since/until
     previous_version: str | None = None  # the previous round's registered version of this model
@@ -100,6 +101,9 @@ class Run:
         """Record what this round learns from (task range or window) and the round it follows."""
         s, previous = self.summary, lineage.previous_version or None
         s.task_range, s.window, s.previous_version = lineage.task_range, lineage.window, previous
+        self.tag(Tag.MODEL, self.cfg.registry.model_name)
+        if lineage.task_range:  # the next round finds a consumed range by these tags (flows/rounds.py)
+            self.tag(Tag.TASK_RANGE, lineage.task_range)
         if lineage.window.strip("/"):  # backfill finds finished chunks by this tag
             self.tag(Tag.WINDOW, lineage.window)
 
@@ -123,11 +127,13 @@ class Run:
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.id, key, value[:5000])
 
-    def stop(self, reason: str, gate: str = "not-run") -> RunSummary:
-        """End early with a reason a person can act on (exit 0: nothing went wrong)."""
+    def stop(self, reason: str, gate: str = "not-run", consumed: bool = False) -> RunSummary:
+        """End early with a reason a person can act on (exit 0: nothing went wrong). `consumed`: the round's
+        task range holds nothing to learn, so the next round moves past it instead of playing it again."""
         self.tag(Tag.GATE, gate)
         self.tag(Tag.STOP_REASON, reason)
         self.summary.reasons = [reason]
+        self.summary.round = "consumed" if consumed else ""
         return self.finish()
 
     def finish(self) -> RunSummary:
@@ -138,6 +144,9 @@ class Run:
             usd=round(sum(c.usd for c in self.summary.costs.values()), 6),
         )
         self.log(total.metrics("total"))
+        # a round that registered nothing and consumed nothing (gate failed, stopped) is played again next round
+        self.summary.round = "registered" if self.summary.registered_version else (self.summary.round or "retry")
+        self.tag(Tag.ROUND, self.summary.round)
         self.client.set_terminated(self.id)
         self.summary.finished_at = str(utcnow())
         return self.summary
