@@ -39,7 +39,12 @@ def test_measured_counts_wall_and_cpu_of_the_block():
         while time.process_time() < deadline:
             pass
     assert cost.cpu_s >= 0.15 and cost.wall_s >= 0.15 and cost.tokens == 0
-    assert set(cost.metrics("train")) == {"cost.train.wall_s", "cost.train.cpu_s", "cost.train.tokens"}
+    assert set(cost.metrics("train")) == {
+        "cost.train.wall_s",
+        "cost.train.cpu_s",
+        "cost.train.tokens",
+        "cost.train.usd",
+    }
 
 
 def test_round_lineage_records_task_range_window_and_previous_round():
