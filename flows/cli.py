@@ -506,13 +506,14 @@ def hints_import(
 def hints_optimize(
     config: str = ConfigOpt,
     set_: list[str] = SetOpt,
-    tasks: int = typer.Option(2, "--tasks", min=1, help="training tasks per category the metric plays"),
-    samples: int = typer.Option(1, "--samples", min=1, help="teacher samples per task and side (with/without)"),
+    tasks: int | None = typer.Option(None, "--tasks", min=1, help="default hints.optimize.tasks"),
+    samples: int | None = typer.Option(None, "--samples", min=1, help="default hints.optimize.samples"),
     max_failures: int | None = typer.Option(None, "--max-failures", min=1, help="default hints.max_failures"),
-    max_demos: int = typer.Option(2, "--max-demos", min=1, help="few-shot demos kept at most"),
+    max_demos: int | None = typer.Option(None, "--max-demos", min=1, help="default hints.optimize.max_demos"),
     failures: Path | None = typer.Option(None, "--failures", help="a failures dataset folder (default: newest)"),
 ) -> None:
-    """Compile the extractor with DSPy BootstrapFewShot against the teacher's success uplift (costly).
+    """Compile the extractor with DSPy BootstrapFewShot against the teacher's success uplift (costly; bounded by
+    hints.optimize.max_metric_calls / max_minutes). The flow `optimize-extractor` runs the same on a schedule.
 
     Each new hint text costs tasks x samples teacher episodes (see tasks/optimize.py).
     """
@@ -531,11 +532,17 @@ def hints_optimize(
         _fail(str(exc))
     for call in result.calls:
         hints = escape(" | ".join(call.hints) or "(no valid hints)")
-        console.print(f"uplift {call.uplift:+.3f}  {escape(call.category)}  {hints}")
+        cost = f"skipped ({call.skipped})" if call.skipped else f"uplift {call.uplift:+.3f}"
+        console.print(f"{cost}  {escape(call.category)}  {hints}")
+    stopped = f"; stopped by {result.stopped_by}" if result.stopped_by else ""
     console.print(
-        f"{result.training_failures} failures, {result.episodes_played} teacher episodes, {result.demos} demos kept"
+        f"{result.training_failures} failures ({result.contrastive} contrastive), {result.episodes_played} teacher "
+        f"episodes, {result.demos} demos kept{stopped}"
     )
-    console.print(f"compiled extractor: {result.path}\nuse it: --set hints.extractor.program={result.path}")
+    console.print(
+        f"compiled extractor: {result.path} (hash {result.program_hash}; <data_dir>/prompts/latest names it)\n"
+        f"use it: --set hints.extractor.program=latest"
+    )
 
 
 @hints_app.command("uplift")
