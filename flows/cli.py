@@ -380,9 +380,23 @@ def hints_disable(
 def hints_enable(
     hint_id: str, config: str = ConfigOpt, set_: list[str] = SetOpt, by: str | None = ByOpt, reason: str = ReasonOpt
 ) -> None:
-    """Retrieve a disabled hint again (it must pass the screen)."""
+    """Retrieve a disabled hint again (it must pass the screen). A retired hint is reinstated: give --reason;
+    automatic retirement then leaves it alone until a person changes it again."""
     _change(lambda s: s.set_status(hint_id, "active", by=by, reason=reason), config, set_)
     console.print(f"{hint_id} enabled")
+
+
+@hints_app.command("retire")
+def hints_retire(
+    hint_id: str,
+    why: str = typer.Option(..., "--why", help="why it is retired; goes to the audit log"),
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+    by: str | None = ByOpt,
+) -> None:
+    """Retire a hint by hand (disabled, kept, audited); `r2w hints enable ID --reason ...` reinstates it."""
+    _change(lambda s: s.retire(hint_id, why, by=by or ""), config, set_)  # "": the OS user
+    console.print(f"{hint_id} retired")
 
 
 @hints_app.command("edit")
@@ -503,13 +517,14 @@ def hints_import(
 def hints_optimize(
     config: str = ConfigOpt,
     set_: list[str] = SetOpt,
-    tasks: int = typer.Option(2, "--tasks", min=1, help="training tasks per category the metric plays"),
-    samples: int = typer.Option(1, "--samples", min=1, help="teacher samples per task and side (with/without)"),
+    tasks: int | None = typer.Option(None, "--tasks", min=1, help="default hints.optimize.tasks"),
+    samples: int | None = typer.Option(None, "--samples", min=1, help="default hints.optimize.samples"),
     max_failures: int | None = typer.Option(None, "--max-failures", min=1, help="default hints.max_failures"),
-    max_demos: int = typer.Option(2, "--max-demos", min=1, help="few-shot demos kept at most"),
+    max_demos: int | None = typer.Option(None, "--max-demos", min=1, help="default hints.optimize.max_demos"),
     failures: Path | None = typer.Option(None, "--failures", help="a failures dataset folder (default: newest)"),
 ) -> None:
-    """Compile the extractor with DSPy BootstrapFewShot against the teacher's success uplift (costly).
+    """Compile the extractor with DSPy BootstrapFewShot against the teacher's success uplift (costly; bounded by
+    hints.optimize.max_metric_calls / max_minutes). The flow `optimize-extractor` runs the same on a schedule.
 
     Each new hint text costs tasks x samples teacher episodes (see tasks/optimize.py).
     """
@@ -528,11 +543,66 @@ def hints_optimize(
         _fail(str(exc))
     for call in result.calls:
         hints = escape(" | ".join(call.hints) or "(no valid hints)")
-        console.print(f"uplift {call.uplift:+.3f}  {escape(call.category)}  {hints}")
+        cost = f"skipped ({call.skipped})" if call.skipped else f"uplift {call.uplift:+.3f}"
+        console.print(f"{cost}  {escape(call.category)}  {hints}")
+    stopped = f"; stopped by {result.stopped_by}" if result.stopped_by else ""
     console.print(
-        f"{result.training_failures} failures, {result.episodes_played} teacher episodes, {result.demos} demos kept"
+        f"{result.training_failures} failures ({result.contrastive} contrastive), {result.episodes_played} teacher "
+        f"episodes, {result.demos} demos kept{stopped}"
     )
-    console.print(f"compiled extractor: {result.path}\nuse it: --set hints.extractor.program={result.path}")
+    console.print(
+        f"compiled extractor: {result.path} (hash {result.program_hash}; <data_dir>/prompts/latest names it)\n"
+        f"use it: --set hints.extractor.program=latest"
+    )
+
+
+@hints_app.command("uplift")
+def hints_uplift(
+    config: str = ConfigOpt,
+    set_: list[str] = SetOpt,
+    tasks: int | None = typer.Option(None, "--tasks", min=1, help="default hints.uplift.tasks"),
+    samples: int | None = typer.Option(None, "--samples", min=1, help="default hints.uplift.samples"),
+    arms: str | None = typer.Option(None, "--arms", help="alone ({h} vs {}) | ablate (top-k with vs without h)"),
+    hint: list[str] = typer.Option([], "--hint", help="only these hint ids (repeatable)"),
+    retire: bool | None = typer.Option(None, "--retire/--no-retire", help="default hints.uplift.retire"),
+) -> None:
+    """Each active hint's paired uplift on the teacher (with vs without it, same tasks and samples), one row per
+    hint; hints that significantly hurt are retired (see tasks/uplift.py). Costs teacher episodes."""
+    try:
+        cfg = _load(config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if arms not in (None, "alone", "ablate"):
+        _fail(f"--arms: expected 'alone' or 'ablate', got {arms!r}")
+    from r2w.backends import agent_backends
+    from r2w.models import ModelNotFoundError
+    from r2w.runtime import set_torch_threads
+    from tasks.uplift import measure_uplift
+
+    set_torch_threads(cfg.runtime.torch_threads)
+    store = _store(config, set_)
+    try:
+        report = measure_uplift(cfg, agent_backends(cfg).teacher, store, hint or None, tasks, samples, arms, retire)
+    except (ModelNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table()
+    for col in ("id", "category", "n", "without (baseline)", "with", "gained", "lost", "uplift [95% CI]", "p"):
+        table.add_column(col)
+    for col in ("drawn from", "retrieved (won)", "verdict", "hint"):
+        table.add_column(col)
+    for r in report.rows:
+        row = (
+            r.hint_id, r.category, str(r.n),
+            f"{r.rate_without:.0%} [{r.without_ci[0]:.0%}-{r.without_ci[1]:.0%}]",
+            f"{r.rate_with:.0%} [{r.with_ci[0]:.0%}-{r.with_ci[1]:.0%}]",
+            str(r.gained), str(r.lost), f"{r.uplift:+.2f} [{r.uplift_ci[0]:+.2f}, {r.uplift_ci[1]:+.2f}]",
+            f"{r.p_value:.3g}", str(r.drawn_from), f"{r.retrieved} ({r.retrieved_successes})", r.verdict, r.rule,
+        )  # fmt: skip
+        table.add_row(*(escape(cell) for cell in row))  # hint text comes from traces: never markup
+    console.print(table)
+    where = f", rows in {report.dataset.path}" if report.dataset else ""
+    console.print(f"{len(report.rows)} hints, {report.episodes_played} teacher episodes, retired: "
+                  f"{', '.join(report.retired) or 'none'}{where}")  # fmt: skip
 
 
 SinceOpt = typer.Option(None, "--since", help="ISO 8601 start (inclusive, naive = UTC), e.g. 2026-11-01")

@@ -35,7 +35,7 @@ from r2w.traces import log_dataset_input
 from tasks.collect import collect_task, source_fingerprint, task_offset
 from tasks.distill import build_examples_task, resolve_student_base, train_task
 from tasks.gate import evaluate_task, gate_task
-from tasks.hints import hints_task
+from tasks.hints import extraction_inputs, hints_task
 from tasks.register import register_task
 from tasks.replay import replay_task
 from tasks.teach import teach_task
@@ -82,8 +82,12 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
     store = HintStore(cfg.hints, cfg.data_path)
     lm = make_extractor_lm(cfg.hints.extractor, *models.extractor())
     extractor_id = f"{lm.model.partition('/')[2]}/{HINTS_PROMPT_VERSION}"  # the model that wrote the hints
-    hints = run.stage("hints", hints_task, failures=failures, hints_cfg=cfg.hints, store=store, lm=lm,
-                      extractor_id=extractor_id, run_id=run.id)
+    earlier = (previous.lineage.trajectories_dataset,) if previous else ()  # the last round's teacher successes
+    given = extraction_inputs(cfg, failures, collected.episodes, earlier)  # successes to contrast, gold, program
+    hints = run.stage("hints", hints_task, failures=failures, hints_cfg=given.hints_cfg, store=store, lm=lm,
+                      extractor_id=extractor_id, run_id=run.id, references=given.references,
+                      gold_actions=given.gold_actions)
+    lineage.extractor_program = hints.program  # the compiled extractor (r2w hints optimize) that wrote them
     active = store.list(status="active")  # read live, not from the cached result: a person may have curated it
     lineage.hint_snapshot = summary.hint_snapshot = store.snapshot_id()
     summary.hints_extracted, summary.hints_active = hints.extracted, len(active)

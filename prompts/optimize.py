@@ -8,25 +8,33 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import dspy
 
-from prompts.hints import HintExtractor, render_feedback, render_trajectory
-from r2w.contracts import Episode, content_hash
+from prompts.hints import HintExtractor, extractor_inputs
+from r2w.contracts import Episode, SuccessReference, content_hash
 
-INPUTS = ("task", "category", "failed_trajectory", "feedback")
+NAME = re.compile(r"^extractor-(?P<hash>[0-9a-f]{12})$")
 
 
-def to_example(episode: Episode, gold_actions: list[str] | None = None) -> dspy.Example:
-    """A failed episode as the extractor's inputs (the same rendering `extract_hints` uses)."""
-    return dspy.Example(
-        task=episode.task,
-        category=episode.category,
-        failed_trajectory=render_trajectory(episode),
-        feedback=render_feedback(episode, gold_actions),
-    ).with_inputs(*INPUTS)
+def to_example(
+    episode: Episode, gold_actions: list[str] | None = None, reference: SuccessReference | None = None
+) -> dspy.Example:
+    """A failed episode as the extractor's inputs (the same rendering `extract_hints` uses): contrastive
+    when a verified success is given."""
+    inputs = extractor_inputs(episode, gold_actions, reference)
+    return dspy.Example(**inputs).with_inputs(*inputs)
+
+
+def program_hash(path: str | Path) -> str:
+    """The content hash a saved program is named by (`extractor-<hash>.json` -> <hash>)."""
+    match = NAME.match(Path(path).stem)
+    if match is None:
+        raise ValueError(f"hints.extractor.program: {path} is not named extractor-<12 hex digits>.json")
+    return match["hash"]
 
 
 def save_program(program: dspy.Module, folder: Path) -> Path:
@@ -53,7 +61,16 @@ def load_extractor(path: str | Path) -> HintExtractor:
         raise FileNotFoundError(f"hints.extractor.program: {path} not found")
     module = HintExtractor()
     try:
-        module.load(str(path))
-    except (json.JSONDecodeError, KeyError, ValueError) as exc:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError("expected a JSON object")
+        state.pop("metadata", None)
+        if NAME.match(path.stem) and content_hash(state)[:12] != program_hash(path):
+            raise ValueError("its content does not match the hash in its name (edited or damaged)")
+        if "extract" not in state:
+            raise KeyError("extract")
+        # programs saved before the contrastive predictor existed carry only `extract`
+        module.load_state({**module.dump_state(), **state})
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"hints.extractor.program: {path} is not a saved HintExtractor: {exc}") from None
     return module

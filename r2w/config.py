@@ -293,14 +293,43 @@ class ExtractorConfig(Section):
     api_key_env: str | None = Field(None, description="url: NAME of the environment variable holding its API key")
     max_retries: int = Field(5, ge=0, le=20, description="url: retries on 429/5xx with backoff (LiteLLM's)")
     max_tokens: int = Field(160, ge=16)
-    program: Annotated[str | None, InputPath()] = Field(
-        None, description="compiled extractor JSON from `r2w hints optimize` (path); null = the plain signature"
+    program: Annotated[str | None, InputPath(names=("latest",))] = Field(
+        None,
+        description="compiled extractor JSON from `r2w hints optimize` (path), or `latest` (the newest the "
+        "optimize flow made under <data_dir>/prompts; none yet: the plain program); null = the plain program",
+    )
+    mode: Literal["contrastive", "single"] = Field(
+        "contrastive",
+        description="contrastive: show each failure next to a verified success of the same or a similar task "
+        "(teacher/base episodes, or the environment's replayed gold path) where one exists; single: the failure alone",
     )
 
     @field_validator("api_key_env")
     @classmethod
     def _key_env_is_a_name(cls, name: str | None) -> str | None:
         return check_env_name("hints.extractor.api_key_env", name)
+
+
+class UpliftConfig(Section):
+    """Per-hint uplift (tasks/uplift.py): the teacher with a hint vs without it, paired on tasks and samples."""
+
+    tasks: int = Field(8, ge=1, description="train tasks per hint category (the same tasks for both arms)")
+    samples: int = Field(1, ge=1, description="teacher samples per task and arm")
+    arms: Literal["alone", "ablate"] = Field(
+        "alone", description="alone: {h} vs {}; ablate: top-k retrieved with h vs the same top-k without h"
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="exact McNemar p below which a loss retires the hint")
+    retire: bool = Field(True, description="retire hints whose uplift is significantly negative")
+
+
+class OptimizeConfig(Section):
+    """`r2w hints optimize` / the optimize-extractor flow: how much it may spend."""
+
+    tasks: int = Field(2, ge=1, description="training tasks per category each metric call plays")
+    samples: int = Field(1, ge=1, description="teacher samples per task and side (with/without hints)")
+    max_demos: int = Field(2, ge=1)
+    max_metric_calls: int = Field(8, ge=1, description="uplift measurements at most (each plays tasks x samples)")
+    max_minutes: float = Field(60.0, gt=0, description="after this, no further metric call plays an episode")
 
 
 class HintsConfig(Section):
@@ -317,6 +346,8 @@ class HintsConfig(Section):
     screen_denylist: list[str] = Field(
         default_factory=list, description="screen: extra regexes (case-insensitive) that reject a hint or flag a trace"
     )
+    uplift: UpliftConfig = UpliftConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
 
     @field_validator("screen_denylist")
     @classmethod

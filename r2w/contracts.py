@@ -188,6 +188,24 @@ class Hint(Record):
         return "h-" + content_hash({"text": text.strip().lower(), "category": category})[:16]
 
 
+class SuccessReference(Record):
+    """A verified success to contrast a failure with (hint extraction): what the success did, step by step.
+
+    `source`: teacher (a best-of-n teach episode of an earlier round), base (a collected rollout of the
+    base agent that succeeded) or gold (the environment's own solution, replayed and verified).
+    `same_task` is False when the success is of a similar task (same category), not the failed one.
+    `replies[i]` is what the environment answered to `actions[i]`.
+    """
+
+    source: Literal["teacher", "base", "gold"]
+    task_id: str
+    same_task: bool
+    actions: list[str]
+    replies: list[str] = Field(default_factory=list)
+    start: str = ""  # the first observation (or the task's first message)
+    episode_id: str = ""  # empty for a replayed gold path
+
+
 class HintSnapshotRow(Record):
     """One hint in a stored hint-memory snapshot: what retrieval sees, plus the exact Hint JSON (for rollback)."""
 

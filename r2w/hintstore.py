@@ -151,6 +151,7 @@ def same_lesson(a: Hint, b: Hint, cosine: float, cfg: HintsConfig) -> bool:
 
 
 STATUSES: tuple[str, str] = ("active", "disabled")
+STATUS_ACTIONS = ("enable", "disable", "retire", "reinstate", "rollback")  # audit actions that set a status
 DEDUP_CANDIDATES = 32  # nearest stored hints (per status) a new hint is compared with
 
 
@@ -463,23 +464,46 @@ class HintStore:
     def set_status(
         self, hint_id: str, status: Literal["active", "disabled"], by: str | None = None, reason: str = ""
     ) -> Hint:
+        """Enable or disable a hint. Enabling a retired hint is a `reinstate`: a person overriding the
+        automatic retirement, which needs a reason and sticks (`overridden_by`)."""
         action = {"active": "enable", "disabled": "disable"}.get(status, "set_status")
+        if status == "active" and self.retired_by(hint_id) is not None:
+            if not reason.strip():
+                raise ValueError(f"reinstate {hint_id}: it was retired ({self.retired_by(hint_id)}); give a reason")
+            action = "reinstate"
         return self._change_status(hint_id, status, action, by, reason)
 
-    def retire(self, hint_id: str, reason: str, by: str = "auto-retire") -> Hint:
-        """Automatic retirement: stop retrieving a hint (kept, disabled, for audit), with the reason logged."""
+    def retire(self, hint_id: str, reason: str, by: str = "auto-retire", evidence: dict | None = None) -> Hint:
+        """Stop retrieving a hint (kept, disabled, for audit), with the reason (and any evidence) logged."""
         if not reason.strip():
             raise ValueError(f"retire {hint_id}: a reason is required")
-        return self._change_status(hint_id, "disabled", "retire", by, reason)
+        return self._change_status(hint_id, "disabled", "retire", by, reason, evidence)
 
-    def _change_status(self, hint_id: str, status: str, action: str, by: str | None, reason: str) -> Hint:
+    def _status_changes(self, hint_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.history(hint_id) if e.get("action") in STATUS_ACTIONS]
+
+    def retired_by(self, hint_id: str) -> str | None:
+        """Who retired the hint, when its last status change was a retirement (else None)."""
+        changes = self._status_changes(hint_id)
+        return changes[-1].get("by") or "unknown" if changes and changes[-1]["action"] == "retire" else None
+
+    def overridden_by(self, hint_id: str) -> str | None:
+        """Who reinstated the hint, when its last status change was a person's reinstatement (else None):
+        automatic retirement leaves such a hint alone until a person changes it again."""
+        changes = self._status_changes(hint_id)
+        return changes[-1].get("by") or "unknown" if changes and changes[-1]["action"] == "reinstate" else None
+
+    def _change_status(
+        self, hint_id: str, status: str, action: str, by: str | None, reason: str, evidence: dict | None = None
+    ) -> Hint:
         with self._writer():
             old = self.get(hint_id)
             hint = Hint.model_validate({**old.model_dump(), "status": status, "updated_at": utcnow()})
             if status == "active":
                 self._screen(hint)  # a hint stored before a screen rule existed is not re-enabled past it
             self._write([hint], previous={hint_id: old.status})
-            self.audit.append([change_entry(action, by or _default_by(), reason, hint, old)])
+            extra = {"evidence": evidence} if evidence else {}
+            self.audit.append([change_entry(action, by or _default_by(), reason, hint, old, **extra)])
         return hint
 
     def update_text(

@@ -77,7 +77,8 @@ class Lineage(BaseModel):
     is what this round learned from; `previous_version` is the previous round's version of the same
     model (whatever the student was trained on), and `previous_hint_snapshot` /
     `previous_training_dataset` that round's hint snapshot and training dataset, so each round's
-    inputs link to the round before.
+    inputs link to the round before. `extractor_program` is the content hash of the compiled extractor
+    program the hints were extracted with (`extractor-<hash>.json` under <data_dir>/prompts).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -98,6 +99,7 @@ class Lineage(BaseModel):
     previous_version: str = ""
     previous_hint_snapshot: str = ""
     previous_training_dataset: str = ""
+    extractor_program: str = ""  # content hash of the compiled hint extractor (r2w hints optimize); '' = plain
 
     def tags(self) -> dict[str, str]:
         return {f"r2w.{key}": value for key, value in self.model_dump().items() if value}

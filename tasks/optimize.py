@@ -25,30 +25,42 @@ episodes, a few minutes; a meaningful estimate of uplift needs 50+ tasks per cat
 standard error of a difference of two rates at n=8 is ~0.25), i.e. hours on CPU.
 
     r2w hints optimize --config demo --tasks 4 --samples 2 --max-failures 4
+
+Bounded cost (`hints.optimize`): at most `max_metric_calls` uplift measurements (the trainset is cut
+to that many failures, and the metric plays nothing after that many calls) and nothing is played
+after `max_minutes`; a call past the budget scores 0.0 (no demo) and the result says what stopped
+it. Where a failure has a verified success (`hints.extractor.mode: contrastive`), its training
+example is the contrastive one, so the compiled program carries demos for the signature it will
+meet. `optimize_extractor` points <data_dir>/prompts/latest at the new program, so a scheduled
+`optimize-extractor` flow feeds the next retrain run with `hints.extractor.program: latest`, and
+that run's registered version records the program's content hash (lineage `extractor_program`).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import dspy
+from prefect import task
 
 from evaluation.environments import make_environment
 from prompts.hints import HintExtractor, parse_hints
-from prompts.optimize import save_program, to_example
+from prompts.optimize import program_hash, save_program, to_example
 from r2w.agent_prompt import render_hints_block
 from r2w.backends import GenerationBackend, agent_backends
 from r2w.backends.dspy_lm import make_extractor_lm
 from r2w.config import R2WConfig
-from r2w.contracts import Episode, Hint
+from r2w.contracts import Episode, Hint, SuccessReference
 from r2w.datasets import load_records
 from r2w.environment import TaskSpec
 from r2w.rollout import agent_policy, run_episodes
 from r2w.runtime import set_torch_threads
 from tasks.collect import collect_failures
-from tasks.hints import select_failures
+from tasks.hints import LATEST, extraction_inputs, select_failures
 
 
 @dataclass
@@ -58,6 +70,24 @@ class MetricCall:
     category: str
     hints: list[str]
     uplift: float
+    skipped: str = ""  # why nothing was played (the budget), '' when measured
+
+
+@dataclass
+class Budget:
+    """How much the metric may play: calls and wall minutes (None: unbounded)."""
+
+    max_calls: int | None = None
+    max_minutes: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    calls: int = 0
+
+    def exhausted(self) -> str:
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            return "max_metric_calls"
+        if self.max_minutes is not None and time.monotonic() - self.started > 60 * self.max_minutes:
+            return "max_minutes"
+        return ""
 
 
 class HintUplift:
@@ -70,6 +100,7 @@ class HintUplift:
         tasks: int = 2,
         samples: int = 1,
         temperature: float | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if tasks < 1 or samples < 1:
             raise ValueError(f"HintUplift: tasks and samples must be >= 1, got {tasks}, {samples}")
@@ -81,6 +112,8 @@ class HintUplift:
         self.rates: dict[tuple[str, str], float] = {}
         self.episodes_played = 0
         self.calls: list[MetricCall] = []
+        self.budget = budget or Budget()
+        self.stopped_by = ""
         self._tasks: dict[str, list[TaskSpec]] = {}
 
     def tasks_for(self, category: str) -> list[TaskSpec]:
@@ -126,8 +159,15 @@ class HintUplift:
         category = str(example.category)
         raw = getattr(prediction, "hints", None)
         pairs, _ = parse_hints(str(raw or ""), category, self.cfg.hints.max_chars)
+        shown = [f"{c}: {t}" for c, t in pairs]
+        stop = self.budget.exhausted() if pairs else ""
+        if stop:
+            self.stopped_by = self.stopped_by or stop
+            self.calls.append(MetricCall(category, shown, 0.0, skipped=stop))
+            return 0.0
         value = self.uplift(category, pairs) if pairs else 0.0
-        self.calls.append(MetricCall(category, [f"{c}: {t}" for c, t in pairs], value))
+        self.budget.calls += bool(pairs)
+        self.calls.append(MetricCall(category, shown, value))
         return value
 
 
@@ -138,6 +178,9 @@ class CompileResult:
     training_failures: int
     episodes_played: int
     calls: list[MetricCall] = field(default_factory=list)
+    program_hash: str = ""  # the content hash the file is named by
+    stopped_by: str = ""  # max_metric_calls | max_minutes when the budget cut the compile short
+    contrastive: int = 0  # training examples shown with a verified success
 
 
 def compile_extractor(
@@ -151,6 +194,9 @@ def compile_extractor(
     max_failures: int | None = None,
     max_demos: int = 2,
     min_uplift: float = 0.01,
+    references: dict[str, SuccessReference] | None = None,
+    gold_actions: dict[str, list[str]] | None = None,
+    budget: Budget | None = None,
 ) -> CompileResult:
     """Compile the extractor with BootstrapFewShot against `HintUplift`; save it as JSON; return where.
 
@@ -161,10 +207,15 @@ def compile_extractor(
         raise ValueError(f"optimizer {optimizer!r}: only 'bootstrap' (dspy.BootstrapFewShot) runs offline here")
     if min_uplift <= 0:
         raise ValueError(f"min_uplift must be > 0 (a hint that does not help is not a demo), got {min_uplift}")
+    budget = budget or Budget()
     chosen = select_failures(failures, cfg.hints.max_failures if max_failures is None else max_failures)
+    if budget.max_calls is not None:
+        chosen = chosen[: budget.max_calls]  # each failure costs at most one metric call
     if not chosen:
         raise ValueError("compile_extractor: no failed episodes to train on")
-    metric = HintUplift(cfg, teacher, tasks=tasks, samples=samples)
+    contrast = (references or {}) if cfg.hints.extractor.mode == "contrastive" else {}
+    trainset = [to_example(e, (gold_actions or {}).get(e.episode_id), contrast.get(e.episode_id)) for e in chosen]
+    metric = HintUplift(cfg, teacher, tasks=tasks, samples=samples, budget=budget)
     teleprompter = dspy.BootstrapFewShot(
         metric=metric,
         metric_threshold=min_uplift,
@@ -173,38 +224,72 @@ def compile_extractor(
         max_errors=len(chosen) + 1,  # a weak LM's unparseable answer is data, not a reason to stop
     )
     with dspy.context(lm=lm):
-        compiled = teleprompter.compile(HintExtractor(), trainset=[to_example(e) for e in chosen])
+        compiled = teleprompter.compile(HintExtractor(), trainset=trainset)
     path = save_program(compiled, cfg.data_path / "prompts")
     return CompileResult(
         path=path,
-        demos=len(compiled.extract.demos),
+        demos=len(compiled.extract.demos) + len(compiled.contrast.demos),
         training_failures=len(chosen),
         episodes_played=metric.episodes_played,
         calls=metric.calls,
+        program_hash=program_hash(path),
+        stopped_by=metric.stopped_by,
+        contrastive=sum(e.episode_id in contrast for e in chosen),
     )
+
+
+def point_latest(path: Path) -> None:
+    """<data_dir>/prompts/latest names the newest compiled program (temp file + rename)."""
+    pointer = path.parent / LATEST
+    tmp = pointer.with_name(f".{LATEST}.{os.getpid()}.tmp")
+    tmp.write_text(path.name)
+    tmp.replace(pointer)
 
 
 def optimize_extractor(
     cfg: R2WConfig,
     failures: Path | None = None,
-    tasks: int = 2,
-    samples: int = 1,
+    tasks: int | None = None,
+    samples: int | None = None,
     max_failures: int | None = None,
-    max_demos: int = 2,
+    max_demos: int | None = None,
 ) -> CompileResult:
-    """`r2w hints optimize`: compile the extractor on a failures dataset (default: the newest one; none
-    collected yet: the base agent plays `collect.episodes` training games first)."""
+    """`r2w hints optimize` and the optimize-extractor flow: compile the extractor on a failures dataset
+    (default: the newest one; none collected yet: the base agent plays `collect.episodes` training games
+    first), within `hints.optimize`'s budget, and point <data_dir>/prompts/latest at the result."""
+    o = cfg.hints.optimize
     set_torch_threads(cfg.runtime.torch_threads)
     models = agent_backends(cfg)
+    collected = None  # when this stage collects, the base's successes are contrasts too
     if failures is None:
         found = sorted(
             (cfg.data_path / "datasets" / "failures").glob("*/data.parquet"), key=lambda p: p.stat().st_mtime
         )
-        failures = found[-1].parent if found else Path(collect_failures(cfg, models.base).failures.path)
+        if found:
+            failures = found[-1].parent
+        else:
+            collected = collect_failures(cfg, models.base)
+            failures = Path(collected.failures.path)
     if not (failures / "manifest.json").is_file():
         raise ValueError(f"--failures {failures}: not a dataset folder (no manifest.json)")
     episodes = load_records(failures, Episode)
+    given = extraction_inputs(cfg, episodes, collected.episodes if collected else None)
     lm = make_extractor_lm(cfg.hints.extractor, *models.extractor())
-    return compile_extractor(
-        cfg, episodes, lm, models.teacher, tasks=tasks, samples=samples, max_failures=max_failures, max_demos=max_demos
+    result = compile_extractor(
+        cfg,
+        episodes,
+        lm,
+        models.teacher,
+        tasks=tasks or o.tasks,
+        samples=samples or o.samples,
+        max_failures=max_failures,
+        max_demos=max_demos or o.max_demos,
+        references=given.references,
+        gold_actions=given.gold_actions,
+        budget=Budget(o.max_metric_calls, o.max_minutes),
     )
+    point_latest(result.path)
+    return result
+
+
+optimize_task = task(name="optimize-extractor")(optimize_extractor)

@@ -15,10 +15,20 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def passing_run(data_dir):
+def optimized(data_dir):
+    """The scheduled optimize-extractor flow ran first: the retrain run extracts with `latest`."""
+    from flows.optimize import optimize_extractor
+
+    return optimize_extractor(
+        config="test", overrides={"data_dir": str(data_dir), "hints.optimize.max_metric_calls": 2}
+    )
+
+
+@pytest.fixture(scope="module")
+def passing_run(data_dir, optimized):
     from flows.retrain import retrain
 
-    return retrain(config="test", overrides={"data_dir": str(data_dir)})
+    return retrain(config="test", overrides={"data_dir": str(data_dir), "hints.extractor.program": "latest"})
 
 
 def _client(data_dir):
@@ -28,7 +38,7 @@ def _client(data_dir):
     return cfg, client_for(cfg)
 
 
-def test_passing_student_is_registered_as_challenger_with_lineage(passing_run, data_dir):
+def test_passing_student_is_registered_as_challenger_with_lineage(passing_run, optimized, data_dir):
     summary = passing_run
     assert summary.episodes == 4 and summary.failures >= 1
     assert summary.trajectories_kept >= 1 and summary.training_examples >= 1
@@ -42,6 +52,12 @@ def test_passing_student_is_registered_as_challenger_with_lineage(passing_run, d
         assert tags.get(f"r2w.{key}"), key
     assert tags["r2w.gate"] == "passed" and "r2w.check.kl_to_base" in tags
     assert "gate report: PASSED" in version.description
+    # the compiled extractor the optimize flow made is named by its content hash in the version's lineage
+    assert tags["r2w.extractor_program"] == optimized["program_hash"] != ""
+    assert optimized["program"].endswith(f"extractor-{optimized['program_hash']}.json")
+    # the extractor was shown the environment's correct actions (TWX gold paths, replayed)
+    metrics = client.get_run(version.run_id).data.metrics
+    assert metrics["hints.gold_given"] >= 1 and metrics["hints.contrastive"] >= 1
     # lineage leads back to the stored failures
     failures_dir = data_dir / "datasets" / "failures" / tags["r2w.failures_dataset"][:16]
     assert len(load_records(failures_dir, Episode)) == summary.failures

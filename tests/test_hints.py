@@ -20,13 +20,15 @@ from r2w.runtime import configure_environment, set_torch_threads
 configure_environment(Path(tempfile.mkdtemp(prefix="r2w-test-hints-")))
 set_torch_threads(1)
 
+from evaluation.environments import make_environment  # noqa: E402
 from prompts.hints import PROMPT_VERSION, extract_hints, parse_hints, render_trajectory  # noqa: E402
 from r2w.backends.base import Completion, SamplingParams  # noqa: E402
 from r2w.backends.dspy_lm import make_extractor_lm  # noqa: E402
-from r2w.config import ExtractorConfig, HintsConfig  # noqa: E402
-from r2w.contracts import Episode, Hint, Message, Provenance, Step  # noqa: E402
+from r2w.config import ExtractorConfig, HintsConfig, load_config  # noqa: E402
+from r2w.contracts import Episode, Hint, Message, Provenance, Step, SuccessReference, Trajectory  # noqa: E402
+from r2w.datasets import save_records  # noqa: E402
 from r2w.hintstore import HintStore  # noqa: E402
-from tasks.hints import extract_and_store  # noqa: E402
+from tasks.hints import extract_and_store, extraction_inputs, pick_success, task_of  # noqa: E402
 
 CURATED = Path(__file__).resolve().parent.parent / "configs" / "hints" / "twc_curated.jsonl"
 
@@ -322,22 +324,106 @@ def test_extract_and_store_with_scripted_lm(tmp_path: Path) -> None:
     assert "Tidy up the house" in backend.prompts[0][-1].content  # the task reached the LM
 
 
-def test_extract_with_tiny_model(tmp_path: Path) -> None:
-    from r2w.backends.hf import TransformersBackend
-    from r2w.models import resolve_model
+class RecordingBackend:
+    """A real backend with a tap: records the prompts it is sent and the texts it answers (not a fake)."""
 
-    backend = TransformersBackend(resolve_model("tiny", tmp_path), dtype="float32")
+    def __init__(self, backend) -> None:
+        self.backend, self.prompts, self.texts = backend, [], []
+        self.name, self.identity = backend.name, backend.identity
+        self.model_path, self.adapter_path = backend.model_path, backend.adapter_path
+
+    def generate(self, prompts, params: SamplingParams, choices=None) -> list[Completion]:
+        out = self.backend.generate(prompts, params, choices=choices)
+        self.prompts += prompts
+        self.texts += [c.texts[0] for c in out]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_extract_with_tiny_model(tmp_path: Path, tiny_backend) -> None:
+    backend = RecordingBackend(tiny_backend)
     lm = make_extractor_lm(ExtractorConfig(max_tokens=32), backend, "tiny-test", cache_dir=tmp_path / "dspy")
     failures = [failed_episode(i) for i in range(2)]
-    hints, rejected = extract_hints(failures, lm, max_chars=200, extractor_id="tiny+hints-v1", run_id="run-t")
-    # every failure yields at least one hint or one counted rejection; nothing invalid is returned
-    assert len(hints) + sum(rejected.values()) >= len(failures)
-    assert set(rejected) <= {"unparseable", "empty", "no WHEN clause", "too long", "not imperative", "duplicate"}
+    success = SuccessReference(source="gold", task_id="task-0", same_task=True, actions=["open fridge", "take apple"],
+                               replies=["The fridge is open.", "You take the apple."])  # fmt: skip
+    hints, rejected = extract_hints(
+        failures, lm, max_chars=200, extractor_id="tiny+hints", run_id="run-t", references={"ep-0": success}
+    )
+    # each failure reached the model, the first next to its success, the second alone
+    prompts = ["\n".join(m.content for m in p) for p in backend.prompts]
+    first = [p for p in prompts if "(game 0)" in p]
+    second = [p for p in prompts if "(game 1)" in p]
+    assert first and second and len(prompts) >= 2
+    assert all("take apple" in p and "successful_trajectory" in p for p in first)
+    assert not any("successful_trajectory" in p for p in second)
+    # nothing is invented: every returned hint is a rule the model itself wrote
+    written = {pair for text in backend.texts for pair in parse_hints(text, "twc", 200)[0]}
+    assert {(h.applicability, h.text) for h in hints} <= written
+    assert rejected.get("unparseable", 0) <= len(failures)
     for hint in hints:
-        assert parse_hints(f"{hint.applicability}: {hint.text}", hint.category, 200)[0] == [
-            (hint.applicability, hint.text)
-        ]
         assert hint.provenance.run_ids == ["run-t"] and hint.source == "extracted"
+        assert hint.extractor.endswith("+contrast") == (hint.provenance.episode_ids == ["ep-0"])
+
+
+def test_contrast_prompt_shows_both_trajectories_and_the_divergence(tmp_path: Path) -> None:
+    failure = failed_episode(5)
+    actions = ["look around", "take apple", "eat apple"]
+    failure.steps = [s.model_copy(update={"action": a}) for s, a in zip(failure.steps, actions, strict=True)]
+    success = SuccessReference(
+        source="teacher",
+        task_id="task-5",
+        same_task=True,
+        episode_id="ep-win",
+        actions=["look around", "open fridge", "put apple in fridge"],
+        replies=["You see a fridge.", "The fridge is open.", "Task complete."],
+    )
+    answers = [
+        "[[ ## hints ## ]]\nWHEN a {container} is closed: open the {container} before anything else\n\n"
+        "[[ ## completed ## ]]",
+        "[[ ## hints ## ]]\nWHEN you are stuck: look around\n\n[[ ## completed ## ]]",
+    ]
+    backend = ScriptedBackend(answers)
+    lm = make_extractor_lm(ExtractorConfig(), backend, "scripted-c", cache_dir=tmp_path / "dspy")
+    cfg = HintsConfig(max_failures=2)
+    store = HintStore(cfg, tmp_path)
+    result = extract_and_store(
+        [failure, failed_episode(6)], cfg, store, lm, "scripted/x", "run-1", references={failure.episode_id: success}
+    )
+    contrast, single = ("\n".join(m.content for m in p) for p in backend.prompts)
+    assert 'At step 2 the failure did "take apple"; the success did "open fridge"' in contrast
+    assert "Both first did: look around" in contrast
+    assert "2. > take apple   <-- first difference" in contrast and "3. > eat apple" in contrast
+    assert "2. > open fridge   <-- first difference" in contrast and "3. > put apple in fridge" in contrast
+    assert "Task complete." in contrast and "successful_trajectory" in contrast
+    assert "successful_trajectory" not in single and "(game 6)" in single
+    assert (result.contrastive, result.references) == (1, {"teacher": 1})
+    by_text = {h.text: h for h in store.list()}
+    assert by_text["open the {container} before anything else"].extractor == "scripted/x+contrast"
+    assert by_text["look around"].extractor == "scripted/x"
+
+    # mode single: the same success is not shown
+    single_cfg = cfg.model_copy(update={"extractor": ExtractorConfig(mode="single"), "collection": "single-test"})
+    backend2 = ScriptedBackend(answers[1:])
+    lm2 = make_extractor_lm(ExtractorConfig(), backend2, "scripted-s", cache_dir=tmp_path / "dspy2")
+    out = extract_and_store([failure], single_cfg, HintStore(single_cfg, tmp_path), lm2, "s", "run-2",
+                            references={failure.episode_id: success})  # fmt: skip
+    assert out.contrastive == 0 and "open fridge" not in backend2.prompts[0][-1].content
+
+
+def test_pick_success_prefers_the_same_task_then_a_similar_one() -> None:
+    failure = failed_episode(1)
+    win = failed_episode(1).model_copy(update={"episode_id": "w-long", "success": True})
+    short = win.model_copy(update={"episode_id": "w-short", "steps": win.steps[:1]})
+    other = failed_episode(2).model_copy(update={"episode_id": "w-other", "success": True})
+    coin = failed_episode(3, category="coin").model_copy(update={"episode_id": "w-coin", "success": True})
+    got = pick_success(failure, [("base", win), ("teacher", short), ("base", other)])
+    assert (got.episode_id, got.source, got.same_task) == ("w-short", "teacher", True)
+    assert pick_success(failure, [("base", other), ("base", coin)]) is None
+    similar = pick_success(failure, [("base", other), ("base", coin)], similar=True)
+    assert (similar.episode_id, similar.same_task) == ("w-other", False)
+    assert similar.replies[-1] == "You ran out of steps." and similar.actions == ["look around"] * 3
 
 
 def _free_port() -> int:
@@ -392,3 +478,54 @@ def test_chroma_server_serves_same_results(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_extraction_inputs_give_the_extractor_the_correct_actions(tmp_path: Path) -> None:
+    """What the retrain flow hands the hints stage: the replayed gold path (real TextWorldExpress), a same-task
+    teacher success from an earlier round before it, and the correct actions in single mode too."""
+    cfg = load_config("test", {"data_dir": str(tmp_path / "data")})
+    factory = make_environment(cfg.env)
+    tasks = factory.tasks("train", 2)
+    failures = [
+        failed_episode(i).model_copy(update={"task_id": t.task_id, "seed": t.seed, "category": t.category})
+        for i, t in enumerate(tasks)
+    ]
+    env = factory.make()
+    try:
+        env.reset(task_of(failures[0]))
+        gold = list(env.gold_actions())
+    finally:
+        env.close()
+    assert task_of(failures[0]) == tasks[0] and gold
+
+    given = extraction_inputs(cfg, failures)
+    assert set(given.references) == {"ep-0", "ep-1"} == set(given.gold_actions)
+    ref = given.references["ep-0"]
+    assert (ref.source, ref.same_task, ref.actions) == ("gold", True, gold) and given.gold_actions["ep-0"] == gold
+    assert len(ref.replies) == len(gold) and ref.replies[-1]
+
+    # a same-task success from an earlier teach stage comes first
+    won = failures[1].model_copy(update={"episode_id": "t-win", "success": True, "steps": failures[1].steps[:1]})
+    traj = Trajectory(trajectory_id="t-1", episode=won, hint_ids=[], hints_block="")
+    ref = save_records([traj], cfg.data_path / "datasets", "trajectories", {})
+    assert extraction_inputs(cfg, failures).references["ep-1"].source == "gold"  # only named rounds count
+    again = extraction_inputs(cfg, failures, earlier_teach=(ref.hash,))
+    assert (again.references["ep-1"].source, again.references["ep-1"].episode_id) == ("teacher", "t-win")
+    assert again.references["ep-0"].source == "gold"
+
+    # the stage shows the gold path: as the success (contrastive) or as the correct actions (single)
+    answer = "[[ ## hints ## ]]\nWHEN you are stuck: look around\n\n[[ ## completed ## ]]"
+    for mode in ("contrastive", "single"):
+        backend = ScriptedBackend([answer])
+        lm = make_extractor_lm(ExtractorConfig(), backend, f"scripted-{mode}", cache_dir=tmp_path / mode)
+        hints_cfg = HintsConfig(max_failures=1, collection=f"gold-{mode}", extractor=ExtractorConfig(mode=mode))
+        store = HintStore(hints_cfg, tmp_path / mode)
+        out = extract_and_store(failures[:1], hints_cfg, store, lm, "s", "run-1", given.gold_actions, given.references)
+        prompt = backend.prompts[0][-1].content
+        assert out.gold_given == 1 and (out.contrastive, out.references) == (
+            (1, {"gold": 1}) if mode == "contrastive" else (0, {})
+        )
+        if mode == "single":
+            assert "A correct action sequence: " + ", ".join(gold) in prompt
+        else:
+            assert all(f"> {a}" in prompt for a in gold[:3]) and "first difference" in prompt

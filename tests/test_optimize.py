@@ -124,3 +124,31 @@ def test_compile_writes_a_loadable_program_used_by_the_stage(cfg, tiny_backend, 
     bad.write_text("{}")
     with pytest.raises(ValueError, match="not a saved HintExtractor"):
         load_extractor(bad)
+
+
+def test_compile_stays_within_its_budget_and_uses_contrastive_examples(cfg, tiny_backend, tmp_path: Path) -> None:
+    from prompts.optimize import program_hash
+    from r2w.contracts import SuccessReference
+    from tasks.optimize import Budget
+
+    answer = f"[[ ## hints ## ]]\n{HINT}\n\n[[ ## completed ## ]]"
+    lm = make_extractor_lm(ExtractorConfig(), ScriptedBackend([answer] * 3), "scripted-b", cache_dir=tmp_path / "d1")
+    one = compile_extractor(cfg, [failure(1), failure(2), failure(3)], lm, tiny_backend, tasks=2, budget=Budget(1))
+    assert one.training_failures == 1 and len(one.calls) == 1 and one.stopped_by == ""
+    assert one.program_hash == program_hash(one.path) and one.path.name == f"extractor-{one.program_hash}.json"
+
+    # out of minutes before the first call: nothing is played, no demo, and the result says why
+    lm = make_extractor_lm(ExtractorConfig(), ScriptedBackend([answer] * 2), "scripted-m", cache_dir=tmp_path / "d2")
+    won = SuccessReference(source="gold", task_id="task-1", same_task=True, actions=["open fridge"], replies=["ok"])
+    late = compile_extractor(cfg, [failure(1), failure(2)], lm, tiny_backend, tasks=2,
+                             budget=Budget(max_minutes=0.0), references={"ep-1": won})  # fmt: skip
+    assert late.stopped_by == "max_minutes" and late.episodes_played == 0 and late.demos == 0
+    assert [c.skipped for c in late.calls] == ["max_minutes", "max_minutes"] and late.contrastive == 1
+
+    # a program whose content no longer matches the hash in its name is refused
+    tampered = tmp_path / late.path.name
+    state = json.loads(late.path.read_text())
+    state["extract"]["demos"] = [{"hints": "WHEN x: do y"}]
+    tampered.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="does not match the hash in its name"):
+        load_extractor(tampered)
