@@ -250,7 +250,8 @@ def test_the_judges_api_key_is_sent_but_never_stored_tracked_or_logged(
             "hints": {"collection": "r2w-hints-coin", "curated_packs": [str(pack)]},
             "collect": {"episodes": 4}, "teach": {"tasks": 3, "samples": 4},
             "verify": {"kind": "judge", "judge_url": judge.url, "api_key_env": "R2W_TEST_JUDGE_KEY"},
-            "registry": {"model_name": "r2w-judged-student"}, "evaluate": {"retention_tasks": 1},
+            "registry": {"model_name": "r2w-judged-student"}, "distill": {"max_steps": 1},
+            "evaluate": {"retention_tasks": 1, "test_episodes": 2, "random_episodes": 4, "general_passages": 2},
         }  # fmt: skip
         summary = retrain(config="test", overrides=overrides)
     assert summary.trajectories_kept == 3, summary  # the judge's best attempt of each task
@@ -269,3 +270,29 @@ def test_the_judges_api_key_is_sent_but_never_stored_tracked_or_logged(
     assert not [k for r in runs for k, v in {**r.data.params, **r.data.tags}.items() if key in v]
     out, err = capfd.readouterr()
     assert key not in out + err + caplog.text
+
+
+def test_judge_agreement_scores_the_judge_against_the_env_and_hides_the_envs_feedback():
+    """evaluation/benchmarks/judge_agreement.py's arithmetic, on a fake judge that keeps every 'yes'."""
+    from evaluation.benchmarks.judge_agreement import judge_groups
+
+    def judged(answer: str, sample: int, task: str, success: bool) -> Episode:
+        ep = attempt(answer, sample, task)
+        feedback = Message(role="user", content="Correct: the calls match." if success else "Wrong call.")
+        steps = [ep.steps[0].model_copy(update={"tool_results": [feedback]})]
+        return ep.model_copy(update={"success": success, "steps": steps})
+
+    groups = [
+        [judged("yes", 0, "a", True), judged("no", 1, "a", False), judged("yes", 2, "a", False)],
+        [judged("no", 0, "b", True), judged("no", 1, "b", False), judged("no", 2, "b", False)],
+    ]
+    with FakeJudgeServer(score=by_answer) as judge:
+        verifier = make_verifier(VerifyConfig(kind="judge", judge_url=judge.url))
+        result = judge_groups(verifier, groups, threshold=0.5)  # type: ignore[arg-type]
+        verifier.close()
+    assert not any("Correct" in body["messages"][-1]["content"] for _, body in judge.requests)
+    assert result["base_rate"]["successes"] == 2 and result["base_rate"]["n"] == 6
+    by_threshold, top1 = result["keep_threshold"], result["keep_top1"]
+    assert (by_threshold["kept"], by_threshold["precision"], by_threshold["recall"]) == (2, 0.5, 0.5)
+    assert (top1["kept"], top1["precision"], top1["recall"]) == (1, 1.0, 0.5)
+    assert result["top1_position"] == {"1": 2, "2": 0, "3": 0} and result["malformed_groups"] == 0
