@@ -12,7 +12,8 @@ The environment's feedback is cut from every attempt before judging (BFCL answer
 ..." or the mismatch): the judge sees the task, the tools and the calls, as it would with no simulator.
 
 Attempts come from a stored teacher-episodes dataset (`--episodes`, e.g. a BFCL run's data dir), or the
-teacher plays `--tasks` train tasks `--samples` times here (hint-free, at teach.temperature):
+teacher plays `--tasks` train tasks `--samples` times here (hint-free, at teach.temperature). The judge is
+`--model` (local), or a served one with `--set verify.judge_url=... --set verify.api_key_env=NAME`:
 
     python -m evaluation.benchmarks.judge_agreement --config bfcl --set data_dir=.r2w \\
         --set models.backend=vllm --episodes .r2w-bfcl/datasets/teacher-episodes/<hash> \\
@@ -28,7 +29,6 @@ from evaluation.benchmarks.common import JSON_OUT, backend, load, parser, report
 from evaluation.environments import make_environment
 from evaluation.metrics import wilson_interval
 from r2w import rollout
-from r2w.config import VerifyConfig
 from r2w.contracts import Episode
 from r2w.datasets import load_records
 from r2w.verifiers import JudgeVerifier, group_by_task, keep_flags, make_verifier
@@ -143,20 +143,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="which tasks of a stored dataset are sampled")
     args = p.parse_args(argv)
     cfg = load(args.config, args.set)
-    judge_model = backend(cfg, args.model, seed=cfg.runtime.seed)
+    judge_cfg = cfg.verify.model_copy(update={"kind": "judge", "keep_threshold": args.threshold})
+    local = None  # the local model: the teacher when it plays here, the judge unless verify.judge_url is set
+    if not (args.episodes and judge_cfg.judge_url):
+        local = backend(cfg, args.model, seed=cfg.runtime.seed)
     try:
         if args.episodes:
             episodes = load_records(args.episodes, Episode)
         else:
             factory = make_environment(cfg.env)
-            policy = rollout.agent_policy(cfg, judge_model, "teacher", cfg.teach.temperature, n=1)
+            policy = rollout.agent_policy(cfg, local, "teacher", cfg.teach.temperature, n=1)  # type: ignore[arg-type]
             tasks = factory.tasks("train", args.tasks)
             episodes = rollout.play(cfg, factory, tasks, policy, "teacher", samples=args.samples)
         groups = pick_groups(episodes, args.tasks, args.samples, args.seed)
-        verifier = make_verifier(VerifyConfig(kind="judge", keep_threshold=args.threshold), judge_model)
-        result = judge_groups(verifier, groups, args.threshold)  # type: ignore[arg-type]
+        verifier = make_verifier(judge_cfg, local)
+        try:
+            result = judge_groups(verifier, groups, args.threshold)  # type: ignore[arg-type]
+        finally:
+            verifier.close()
     finally:
-        judge_model.close()
+        if local is not None:
+            local.close()
     result["source"] = args.episodes or f"teacher played {cfg.env.name} here"
     return report(result, render(result), args.out)
 
