@@ -106,7 +106,7 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
 
     # 3. teach: the teacher re-runs training tasks with the top-k hints; verified successes only
     taught = run.stage("teach", teach_task, cfg=cfg, backend=models.teacher, retrieve=store.retrieve,
-                       hint_snapshot=lineage.hint_snapshot, offset=task_offset(cfg))
+                       hint_snapshot=lineage.hint_snapshot, offset=task_offset(cfg), judge=models.base)
     summary.teacher_attempts, summary.trajectories_kept = taught.attempts, taught.kept
     lineage.trajectories_dataset = taught.trajectories.hash
 

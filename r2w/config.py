@@ -364,6 +364,43 @@ class TeachConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
 
+class VerifyConfig(Section):
+    """Who decides which teacher attempts are kept (r2w/verifiers.py); every verdict records its verifier."""
+
+    kind: Literal["env", "callable", "judge"] = Field(
+        "env",
+        description="env: the environment's own verifier; callable: a team's function 'pkg.mod:fn' scoring an "
+        "episode; judge: an LLM ranking the n attempts of one task against each other (RULER-style)",
+    )
+    callable: str | None = Field(None, description="callable: 'pkg.mod:fn', fn(episode) -> bool or a number")
+    keep_threshold: float = Field(
+        0.5, description="callable (number) or judge (0..1) score at or above which an attempt is kept"
+    )
+    keep_top: int = Field(0, ge=0, description="judge: keep at most this many best attempts per task (0 = no cap)")
+    timeout_s: float = Field(60.0, gt=0, description="callable: per episode; judge: per request")
+    judge_url: str | None = Field(
+        None, description="OpenAI-compatible base URL; null = judge with the local base model"
+    )
+    judge_model: str | None = Field(None, description="judge_url: the served model's name; null = the first listed")
+    api_key_env: str | None = Field(
+        None, description="judge_url: the NAME of the environment variable holding the API key (never the key)"
+    )
+    rubric: str = Field("", description="grading standards for the judge; '' = r2w's RULER-style default")
+    judge_max_tokens: int = Field(384, ge=16, description="the judge's reply budget")
+    max_chars_per_attempt: int = Field(3000, ge=200, description="each attempt as shown to the judge, cut beyond")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VerifyConfig:
+        if self.kind == "callable" and not (self.callable and _IMPORT_PATH.fullmatch(self.callable)):
+            raise ValueError("verify.callable: expected an import path 'package.module:function' for kind callable")
+        if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
+            raise ValueError("verify.judge_url: expected http(s)://host:port/v1")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # the value is not echoed: a key pasted here by mistake must not reach an error message or log
+            raise ValueError("verify.api_key_env: expected the NAME of an environment variable (letters, digits, _)")
+        return self
+
+
 class LoraConfig(Section):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -561,6 +598,7 @@ class R2WConfig(Section):
     collect: CollectConfig = CollectConfig()
     hints: HintsConfig = HintsConfig()
     teach: TeachConfig = TeachConfig()
+    verify: VerifyConfig = VerifyConfig()
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()

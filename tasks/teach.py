@@ -1,5 +1,8 @@
 """Stage 3 - teach: re-run training tasks with retrieved hints in the prompt; keep verified successes.
 
+"Verified" is the configured verifier's word (`verify:`, r2w/verifiers.py): the environment's own
+verdict, a team's callable, or an LLM judge ranking each task's attempts against each other.
+
 Hints are retrieved ONCE per episode, at its start (task + first observation as the query),
 and placed in a delimited block of the system prompt; each kept trajectory records which
 hints it saw.
@@ -21,6 +24,7 @@ from r2w.config import R2WConfig
 from r2w.contracts import Trajectory, content_hash
 from r2w.datasets import DatasetRef, save_records
 from r2w.rollout import HintRetriever, agent_policy, play
+from r2w.verifiers import make_verifier, verify_episodes
 
 
 class TeachResult(BaseModel):
@@ -33,24 +37,38 @@ class TeachResult(BaseModel):
     single_sample_rate: float  # success of sample 0 only: the teacher's one-shot rate
     hint_snapshot: str
     tokens: int = 0  # prompt + completion tokens of every teacher attempt
+    verified_by: str = "env"  # the verifier that decided which attempts were kept (env | callable:.. | judge:..)
+    verify_malformed: int = 0  # tasks whose judge reply did not parse (none of their attempts kept)
 
     def metrics(self) -> dict[str, float]:
         return {
             "teach.attempts": self.attempts,
             "teach.kept": self.kept,
             "teach.single_sample_rate": self.single_sample_rate,
+            "teach.verify_malformed": self.verify_malformed,
         }
 
 
 def teach(
-    cfg: R2WConfig, backend: GenerationBackend, retrieve: HintRetriever, hint_snapshot: str, offset: int = 0
+    cfg: R2WConfig,
+    backend: GenerationBackend,
+    retrieve: HintRetriever,
+    hint_snapshot: str,
+    offset: int = 0,
+    judge: GenerationBackend | None = None,
 ) -> TeachResult:
-    """Best-of-n hinted attempts on `teach.tasks` train tasks from `offset` (the round's first task)."""
+    """Best-of-n hinted attempts on `teach.tasks` train tasks from `offset` (the round's first task), kept
+    where the configured verifier accepts them; `judge` is the local judge model (default: `backend`)."""
     factory = make_environment(cfg.env)
     tasks = factory.tasks("train", cfg.teach.tasks, offset)
     policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
     desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"
     episodes = play(cfg, factory, tasks, policy, desc, samples=cfg.teach.samples, retrieve=retrieve)
+    verifier = make_verifier(cfg.verify, judge or backend)
+    try:
+        episodes, _ = verify_episodes(verifier, episodes)
+    finally:
+        verifier.close()
     kept = [
         Trajectory(
             trajectory_id="t-" + content_hash(e.episode_id)[:16],
@@ -74,7 +92,9 @@ def teach(
         single_sample_rate=score_episodes("teacher", first).rate,
         hint_snapshot=hint_snapshot,
         tokens=sum(e.total_tokens for e in episodes),
+        verified_by=verifier.label,
+        verify_malformed=verifier.malformed,
     )
 
 
-teach_task = task(**expensive_stage("teach", "models", "env", "agent", "teach", "hints", "runtime"))(teach)
+teach_task = task(**expensive_stage("teach", "models", "env", "agent", "teach", "verify", "hints", "runtime"))(teach)
