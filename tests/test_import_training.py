@@ -36,11 +36,11 @@ from tasks.collect import collect_failures
 runner = CliRunner()
 
 
-def collect_import(data: Path, traces: Path, outcomes: Path | None, *sets: str) -> str:
+def collect_import(data: Path, traces: Path, outcomes: Path | None) -> str:
     """`r2w collect import` as a person runs it; returns the hash of the import dataset it stored."""
     before = {r.hash for r in recorded_imports(data / "datasets")}
     args = ["collect", "import", str(traces), *(["--outcomes", str(outcomes)] if outcomes else [])]
-    result = runner.invoke(app, [*args, "--config", "test", "--set", f"data_dir={data}", *sets])
+    result = runner.invoke(app, [*args, "--config", "test", "--set", f"data_dir={data}"])
     assert result.exit_code == 0, result.output
     (new,) = [r.hash for r in recorded_imports(data / "datasets") if r.hash not in before]
     return new
@@ -116,37 +116,41 @@ def test_call_matching_ignores_key_order_and_spacing_only():
     assert call_key("f", '{"a": 1}') != call_key("f", '{"a": 2}') != call_key("g", '{"a": 2}')
 
 
-def test_the_window_selects_imported_failures_by_their_own_time_and_a_missing_store_is_a_config_error(tmp_path):
-    data = tmp_path / "data"
+def test_the_window_selects_imported_failures_by_their_own_time_and_a_missing_store_is_a_config_error(
+    shared_data, tmp_path
+):
     with pytest.raises(ConfigError, match="no import datasets under .*run `r2w collect import"):
-        collect_failures(imports_config(data), backend=None)
-    traces, outcomes = weather_traces("openai", 2, tmp_path / "traces")
-    collect_import(data, traces, outcomes)
-    late = imports_config(data, collect={"source": "imports", "since": "2026-11-11"})
-    assert collect_failures(late, backend=None).n_failures == 0  # the records are of 2026-11-10
-    both = imports_config(data, collect={"source": "imports", "since": "2026-11-10", "until": "2026-11-11"})
-    assert collect_failures(both, backend=None).n_failures == 2
+        collect_failures(imports_config(tmp_path / "empty"), backend=None)
+    traces, outcomes = weather_traces("openai", 3, tmp_path / "traces")  # 3: not the content of another test's
+    stored = collect_import(shared_data, traces, outcomes)
+
+    def window(**bounds):
+        collect = {"source": "imports", "import_datasets": [stored[:12]], **bounds}
+        return collect_failures(imports_config(shared_data, collect=collect), backend=None).n_failures
+
+    assert window(since="2026-11-11") == 0  # the records are of 2026-11-10
+    assert window(since="2026-11-10", until="2026-11-11") == 3
     with pytest.raises(ConfigError, match="import_datasets: 'ffff' matches no import datasets"):
-        collect_failures(imports_config(data, "ffff"), backend=None)
+        collect_failures(imports_config(shared_data, "ffff"), backend=None)
 
 
-def test_replay_without_gold_data_asks_for_a_verifier(tmp_path):
-    data = tmp_path / "data"
-    collect_import(data, Path(__file__).parent / "data/traces/langsmith_runs.jsonl", None)
-    cfg = imports_config(data, env={"name": "trace_replay"})
+def test_replay_without_gold_data_asks_for_a_verifier(shared_data):
+    stored = collect_import(shared_data, Path(__file__).parent / "data/traces/langsmith_runs.jsonl", None)
+    cfg = imports_config(shared_data, stored, env={"name": "trace_replay"})
     with pytest.raises(ConfigError, match="have no gold data to verify a replay against .*or a configured verifier"):
         collect_failures(cfg, backend=None)
 
 
-def test_the_teacher_re_attempts_the_restored_help_desk_task_and_never_a_held_out_one(tmp_path, tiny_backend):
+def test_the_teacher_re_attempts_the_restored_help_desk_task_and_never_a_held_out_one(
+    shared_data, tmp_path, tiny_backend
+):
     from evaluation.environments.examples.helpdesk import HelpDesk
     from tasks.teach import teach
 
-    data = tmp_path / "data"
     trace = helpdesk_trace(tmp_path / "desk.jsonl", [("train", 7), ("test", 20_003)])
     desk = {"name": "evaluation.environments.examples.helpdesk:HelpDesk", "max_steps": 3}
-    collect_import(data, trace, None)
-    cfg = imports_config(data, env=desk, teach={"tasks": 4, "samples": 2})
+    stored = collect_import(shared_data, trace, None)
+    cfg = imports_config(shared_data, stored, env=desk, teach={"tasks": 4, "samples": 2})
     collected = collect_failures(cfg, backend=None)
     failures = load_records(collected.failures, Episode)
     assert {e.category for e in failures} == {"refund"}  # filed where the teacher's retrieval looks (was "chat")
