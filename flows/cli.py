@@ -147,6 +147,9 @@ def print_summary(summary) -> None:
         table.add_row("cost (wall / CPU / tokens)", f"{wall:.0f} s / {cpu:.0f} CPU s / {tokens:,} tokens")
         per_stage = ", ".join(f"{n} {c.cpu_s:.0f}s/{c.tokens:,}t" for n, c in summary.costs.items())
         table.add_row("  per stage (CPU s / tokens)", per_stage)
+        usd = sum(c.usd for c in summary.costs.values())
+        if usd:
+            table.add_row("  hosted teacher", f"${usd:,.4f} at models.teacher_usd_per_1m_tokens")
     if summary.break_even is not None:
         table.add_row("break-even", escape(summary.break_even.text()))
     if summary.report_path:
@@ -247,13 +250,21 @@ def rollback(
 
 
 @app.command("deploy")
-def deploy_cmd(spec: Path = typer.Option(None, help="deployment spec (default infra/prefect.yaml)")) -> None:
-    """Register the scheduled/on-demand deployments with the Prefect API in PREFECT_API_URL."""
+def deploy_cmd(
+    spec: Path = typer.Option(None, help="deployment spec (default infra/prefect.yaml)"),
+    pool: str | None = typer.Option(None, "--pool", help="process work pool of every deployment (default: the spec's)"),
+) -> None:
+    """Register the scheduled, on-demand and event-triggered deployments with the Prefect API in PREFECT_API_URL;
+    their runs go to a process work pool (`prefect worker start --pool NAME --type process`, from the repo root)."""
     configure_environment(".r2w")
     from flows.deploy import DEFAULT_SPEC, deploy
 
-    for name in deploy(spec or DEFAULT_SPEC):
-        console.print(f"registered deployment [bold]{name}[/]")
+    try:
+        names = deploy(spec or DEFAULT_SPEC, pool)
+    except ValueError as exc:
+        _fail(str(exc))
+    for name in names:
+        console.print(f"registered deployment [bold]{name}[/]" + (f" on work pool {escape(pool)}" if pool else ""))
 
 
 @app.command("serve")
@@ -633,6 +644,11 @@ def _report_import(cfg: R2WConfig, episodes, stats, since, until, run_name: str)
         console.print("nothing imported: no failures in the window; nothing written")
         return
     console.print(f"failures dataset {ref.short} ({ref.rows} rows) at {escape(ref.path)}; MLflow run {run_id}")
+    from flows.events import announce_import
+
+    sent = announce_import(cfg, ref, stats.records)  # a trigger may start a retrain (infra/README.md); never fails
+    if sent:
+        console.print(f"announced to Prefect: {sent} events for model {escape(cfg.registry.model_name)}")
 
 
 def main() -> None:

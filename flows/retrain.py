@@ -75,12 +75,13 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
     if not failures:
         window = f" in {cfg.collect.since or '-'}..{cfg.collect.until or '-'}" if lineage.window else ""
         since = f" since v{lineage.previous_version}" if lineage.previous_version else ""
-        return run.stop(f"skipped: no failures{window}, nothing new{since} to learn", gate="skipped")
+        return run.stop(f"skipped: no failures{window}, nothing new{since} to learn", gate="skipped",
+                        consumed=bool(lineage.task_range))  # a range the base agent solved: the next round moves on
 
     # 2. extract hints from the failures into auditable memory (Chroma)
     store = HintStore(cfg.hints, cfg.data_path)
-    lm = make_extractor_lm(cfg.hints.extractor, models.base, model_name=models.base_path.name)
-    extractor_id = f"{cfg.hints.extractor.model or models.base_path.name}/{HINTS_PROMPT_VERSION}"
+    lm = make_extractor_lm(cfg.hints.extractor, *models.extractor())
+    extractor_id = f"{lm.model.partition('/')[2]}/{HINTS_PROMPT_VERSION}"  # the model that wrote the hints
     hints = run.stage("hints", hints_task, failures=failures, hints_cfg=cfg.hints, store=store, lm=lm,
                       extractor_id=extractor_id, run_id=run.id)
     active = store.list(status="active")  # read live, not from the cached result: a person may have curated it

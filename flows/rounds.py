@@ -1,11 +1,21 @@
 """Rounds that move forward: a scheduled run learns from what is new since the previous round.
 
-The previous round of a model is its newest registered version; its lineage records what it
-learned from (r2w/registry.py `Lineage`): `task_range` ("a:b", train tasks [a, b)) for rollouts,
-`window` ("since/until") for imported traces.
+The previous round of a model is its newest completely registered version (a version a killed
+run left `pending` is that run's own round: its rerun resumes that range and adopts the version);
+its lineage records what it learned from (r2w/registry.py `Lineage`): `task_range` ("a:b", train
+tasks [a, b)) for rollouts, `window` ("since/until") for imported traces.
 
 - `collect.offset: auto` -> the round starts at the previous round's task-range end (0 for the
-  first round); the round uses train tasks [offset, offset + max(collect.episodes, teach.tasks)).
+  first round), or past a later range a round consumed; the round uses train tasks
+  [offset, offset + max(collect.episodes, teach.tasks)).
+
+A round that registers nothing does not move the offset: a student that failed its gates (or a
+round stopped for want of hints or teacher successes) learned nothing that was kept, so the next
+round plays the same tasks again (its run is tagged `r2w.round=retry`); unchanged inputs make that
+retry cheap (every stage cached) and the gate says again why, until a person changes hints or
+config. The one exception is a range with nothing to learn: when the base agent had no failure on
+it, the run is tagged `r2w.round=consumed` (with its stop reason) and the next round moves past it,
+or a schedule would replay a solved range forever.
 - `collect.since: auto` -> the round's window starts at the previous round's window end, or, for an
   open-ended window, at the previous round's start time (everything, for the first round).
 
@@ -21,7 +31,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from r2w.config import R2WConfig
-from r2w.registry import Lineage
+from r2w.registry import Lineage, Tag
 from r2w.tracking import client_for
 
 
@@ -32,8 +42,9 @@ class PreviousRound(BaseModel):
 
 
 def previous_round(cfg: R2WConfig, client) -> PreviousRound | None:
-    """The newest registered version of the config's model, with its lineage."""
+    """The newest completely registered version of the config's model, with its lineage."""
     versions = client.search_model_versions(f"name='{cfg.registry.model_name}'")
+    versions = [v for v in versions if v.tags.get(Tag.REGISTRATION) != "pending"]
     if not versions:
         return None
     last = max(versions, key=lambda v: int(v.version))
@@ -46,15 +57,29 @@ def previous_round(cfg: R2WConfig, client) -> PreviousRound | None:
 
 def next_round(cfg: R2WConfig) -> tuple[R2WConfig, PreviousRound | None]:
     """The config with `collect.offset` / `collect.since` = auto resolved past the previous round."""
-    previous = previous_round(cfg, client_for(cfg))
+    client = client_for(cfg)
+    previous = previous_round(cfg, client)
     c, update = cfg.collect, {}
     if c.offset == "auto":
-        update["offset"] = range_end(previous.lineage.task_range) if previous else 0
+        start = range_end(previous.lineage.task_range) if previous else 0
+        update["offset"] = max([start, *consumed_range_ends(cfg, client)])
     if c.since == "auto":
         update["since"] = window_end(previous) if previous else None
     if update:
         cfg = cfg.model_copy(update={"collect": c.model_copy(update=update)})
     return cfg, previous
+
+
+def consumed_range_ends(cfg: R2WConfig, client) -> list[int]:
+    """Ends of the task ranges that rounds of this model consumed without a student (no failures on them)."""
+    experiment = client.get_experiment_by_name(cfg.registry.experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{Tag.ROUND}` = 'consumed' and tags.`{Tag.MODEL}` = '{cfg.registry.model_name}'",
+    )
+    return [range_end(r.data.tags.get(Tag.TASK_RANGE, "")) for r in runs]
 
 
 def range_end(task_range: str) -> int:

@@ -31,6 +31,8 @@ from r2w.privacy import loggable_config, scrub_text
 from r2w.registry import Lineage, Tag
 from r2w.tracking import client_for, log_metrics, log_params, start_run
 
+HOSTED_TEACHER_STAGES = ("teach",)  # stages whose generated tokens all come from the teacher
+
 
 class RunSummary(BaseModel):
     """What a person wants to know after a run, in one place (the CLI prints it)."""
@@ -58,6 +60,7 @@ class RunSummary(BaseModel):
     stage_states: dict[str, str] = {}  # e.g. {"collect": "Cached", "train": "Completed"}
     costs: dict[str, StageCost] = {}  # per stage: wall s, CPU s, generated tokens (r2w/costs.py)
     break_even: BreakEven | None = None  # days until the student's saved tokens repay the round
+    round: str = ""  # registered | consumed (its range had no failures) | retry (the next round plays it again)
     task_range: str = ""  # rollout rounds: train tasks [a:b) this round used
     window: str = ""  # imported rounds: the collect window since/until
     previous_version: str | None = None  # the previous round's registered version of this model
@@ -85,6 +88,8 @@ class Run:
             result = state.result()
         self.summary.stage_states[name] = state.name
         cost.tokens = 0 if state.name == "Cached" else int(getattr(result, "tokens", 0) or 0)
+        if name in HOSTED_TEACHER_STAGES and self.cfg.models.teacher_url:  # every token of these is the teacher's
+            cost.usd = round(cost.tokens * self.cfg.models.teacher_usd_per_1m_tokens / 1e6, 6)
         self.summary.costs[name] = cost
         self.log(cost.metrics(name))
         fault_point(f"after:{name}")  # test-only crash point (r2w/faults.py); a no-op unless R2W_FAULT is set
@@ -96,6 +101,9 @@ class Run:
         """Record what this round learns from (task range or window) and the round it follows."""
         s, previous = self.summary, lineage.previous_version or None
         s.task_range, s.window, s.previous_version = lineage.task_range, lineage.window, previous
+        self.tag(Tag.MODEL, self.cfg.registry.model_name)
+        if lineage.task_range:  # the next round finds a consumed range by these tags (flows/rounds.py)
+            self.tag(Tag.TASK_RANGE, lineage.task_range)
         if lineage.window.strip("/"):  # backfill finds finished chunks by this tag
             self.tag(Tag.WINDOW, lineage.window)
 
@@ -119,11 +127,13 @@ class Run:
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.id, key, value[:5000])
 
-    def stop(self, reason: str, gate: str = "not-run") -> RunSummary:
-        """End early with a reason a person can act on (exit 0: nothing went wrong)."""
+    def stop(self, reason: str, gate: str = "not-run", consumed: bool = False) -> RunSummary:
+        """End early with a reason a person can act on (exit 0: nothing went wrong). `consumed`: the round's
+        task range holds nothing to learn, so the next round moves past it instead of playing it again."""
         self.tag(Tag.GATE, gate)
         self.tag(Tag.STOP_REASON, reason)
         self.summary.reasons = [reason]
+        self.summary.round = "consumed" if consumed else ""
         return self.finish()
 
     def finish(self) -> RunSummary:
@@ -131,8 +141,12 @@ class Run:
             wall_s=round(sum(c.wall_s for c in self.summary.costs.values()), 3),
             cpu_s=round(sum(c.cpu_s for c in self.summary.costs.values()), 3),
             tokens=sum(c.tokens for c in self.summary.costs.values()),
+            usd=round(sum(c.usd for c in self.summary.costs.values()), 6),
         )
         self.log(total.metrics("total"))
+        # a round that registered nothing and consumed nothing (gate failed, stopped) is played again next round
+        self.summary.round = "registered" if self.summary.registered_version else (self.summary.round or "retry")
+        self.tag(Tag.ROUND, self.summary.round)
         self.client.set_terminated(self.id)
         self.summary.finished_at = str(utcnow())
         return self.summary

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r2w.contracts import content_hash
+from r2w.credentials import check_env_name
 from r2w.precision import resolve_dtype
 from r2w.privacy import scrub_text
 
@@ -131,10 +132,25 @@ class ModelsConfig(Section):
     teacher: Annotated[str | None, MODEL_PATH] = Field(None, description="defaults to the base model")
     backend: Literal["auto", "transformers", "vllm", "openai"] = "transformers"
     teacher_url: str | None = Field(None, description="OpenAI-compatible server for the teacher")
+    teacher_model: str | None = Field(None, description="teacher_url: model name to ask for (else the first listed)")
+    teacher_api_key_env: str | None = Field(
+        None, description="teacher_url: NAME of the environment variable holding its API key (never the key)"
+    )
+    max_retries: int = Field(
+        5, ge=0, le=20, description="hosted servers: retries on 429/5xx/connection errors, exponential backoff"
+    )
+    teacher_usd_per_1m_tokens: float = Field(
+        0.0, ge=0, description="teacher_url: price per million tokens, for the per-stage cost (0: not priced)"
+    )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="auto: bfloat16 where the hardware runs it natively, else float32 (r2w/precision.py)"
     )
     dtype_reason: str = Field("", description="how `auto` was resolved (filled in at load; recorded in the run)")
+
+    @field_validator("teacher_api_key_env")
+    @classmethod
+    def _key_env_is_a_name(cls, name: str | None) -> str | None:
+        return check_env_name("models.teacher_api_key_env", name)
 
     @model_validator(mode="after")
     def _resolve_dtype(self) -> ModelsConfig:
@@ -283,10 +299,17 @@ class ExtractorConfig(Section):
     lm: Literal["local", "openai"] = "local"
     url: str | None = None
     model: str | None = None
+    api_key_env: str | None = Field(None, description="url: NAME of the environment variable holding its API key")
+    max_retries: int = Field(5, ge=0, le=20, description="url: retries on 429/5xx with backoff (LiteLLM's)")
     max_tokens: int = Field(160, ge=16)
     program: Annotated[str | None, InputPath()] = Field(
         None, description="compiled extractor JSON from `r2w hints optimize` (path); null = the plain signature"
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env_is_a_name(cls, name: str | None) -> str | None:
+        return check_env_name("hints.extractor.api_key_env", name)
 
 
 class HintsConfig(Section):
@@ -592,7 +615,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             + (
                 f" (got {type(err['input']).__name__} {_quote(err['input'])})"
-                if not isinstance(err.get("input"), dict)
+                if not isinstance(err.get("input"), dict) and not _names_a_key(err["loc"])
                 else ""
             )
             for err in exc.errors()
@@ -602,6 +625,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if missing:
         raise ConfigError(f"{path}: {'; '.join(missing)}")
     return cfg
+
+
+def _names_a_key(loc: tuple) -> bool:
+    """Fields that name a key's environment variable: a wrong value may be the key itself, never quote it."""
+    return bool(loc) and str(loc[-1]).endswith("api_key_env")
 
 
 def _quote(value: object, limit: int = 80) -> str:

@@ -30,6 +30,7 @@ class StageCost(BaseModel):
     wall_s: float = 0.0
     cpu_s: float = 0.0
     tokens: int = 0  # generated (prompt + completion) tokens; 0 for a cached stage
+    usd: float = 0.0  # tokens billed by a priced hosted server (models.teacher_usd_per_1m_tokens); 0 when local
 
     def metrics(self, stage: str) -> dict[str, float]:
         return {f"cost.{stage}.{k}": float(v) for k, v in self.model_dump().items()}

@@ -58,6 +58,9 @@ class Tag:
     EVALUATES_VERSION = "r2w.evaluates_version"
     CONFIG_HASH = "r2w.config_hash"
     STAGE = "r2w.stage"  # on import runs: which stage wrote them
+    MODEL = "r2w.model"  # on retrain runs: the registered model name the round is for
+    TASK_RANGE = "r2w.task_range"  # on retrain runs from the start (lineage writes it again at register)
+    ROUND = "r2w.round"  # registered | consumed (nothing to learn: no failures) | retry (rejected or stopped)
     # who owns a run, and who found it dead (written by r2w/tracking.py, which this module builds on)
     OWNER_PID, OWNER_STARTED, OWNER_HOST = OWNER_PID, OWNER_STARTED, OWNER_HOST
     KILLED_FOUND_BY, KILLED_FOUND_AT = KILLED_FOUND_BY, KILLED_FOUND_AT

@@ -218,29 +218,38 @@ def _read_jsonl(
 ) -> tuple[list[tuple[int, object]], list[RecordError]]:
     name, records, errors = str(path), [], []
     for number, line in enumerate(_lines(path, max_record_bytes), start=1):
-        if isinstance(line, int):
-            errors.append(
-                RecordError(
-                    name,
-                    number,
-                    "<record>",
-                    f"record is {line:,} bytes; the limit is {max_record_bytes:,} (collect.max_record_bytes)",
-                )
-            )
-            continue
-        try:
-            text = line.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM opens some editors' files
-        except UnicodeDecodeError as exc:
-            errors.append(RecordError(name, number, "<record>", f"not valid UTF-8 (byte {exc.start}: {exc.reason})"))
-            continue
-        if not text.strip():
-            continue
-        value, problem = _json(text)
-        if problem:
-            errors.append(RecordError(name, number, "<record>", problem))
-        else:
-            records.append((number, value))
+        encoding = "utf-8-sig" if number == 1 else "utf-8"  # a BOM opens some editors' files
+        decode_record(name, number, line, max_record_bytes, encoding, records, errors)
     return records, errors
+
+
+def decode_record(
+    name: str,
+    number: int,
+    raw: bytes | int,
+    max_record_bytes: int,
+    encoding: str,
+    records: list[tuple[int, object]],
+    errors: list[RecordError],
+) -> None:
+    """One record's bytes (or its size, when it was over the limit) -> a parsed JSON value appended to
+    `records`, or the reason it is not one appended to `errors`; blank records are skipped."""
+    if isinstance(raw, int):
+        limit = f"the limit is {max_record_bytes:,} (collect.max_record_bytes)"
+        errors.append(RecordError(name, number, "<record>", f"record is {raw:,} bytes; {limit}"))
+        return
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        errors.append(RecordError(name, number, "<record>", f"not valid UTF-8 (byte {exc.start}: {exc.reason})"))
+        return
+    if not text.strip():
+        return
+    value, problem = _json(text)
+    if problem:
+        errors.append(RecordError(name, number, "<record>", problem))
+    else:
+        records.append((number, value))
 
 
 def _json(text: str) -> tuple[object, str]:

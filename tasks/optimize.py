@@ -204,7 +204,7 @@ def optimize_extractor(
     if not (failures / "manifest.json").is_file():
         raise ValueError(f"--failures {failures}: not a dataset folder (no manifest.json)")
     episodes = load_records(failures, Episode)
-    lm = make_extractor_lm(cfg.hints.extractor, models.base, model_name=models.base_path.name)
+    lm = make_extractor_lm(cfg.hints.extractor, *models.extractor())
     return compile_extractor(
         cfg, episodes, lm, models.teacher, tasks=tasks, samples=samples, max_failures=max_failures, max_demos=max_demos
     )

@@ -76,4 +76,4 @@ def test_unreachable_server_is_a_clear_error(tiny_model):
 
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ServerError, match="cannot reach"):
-        make_backend("auto", tiny_model, url=url)
+        make_backend("auto", tiny_model, url=url, max_retries=1)

@@ -39,7 +39,12 @@ def test_measured_counts_wall_and_cpu_of_the_block():
         while time.process_time() < deadline:
             pass
     assert cost.cpu_s >= 0.15 and cost.wall_s >= 0.15 and cost.tokens == 0
-    assert set(cost.metrics("train")) == {"cost.train.wall_s", "cost.train.cpu_s", "cost.train.tokens"}
+    assert set(cost.metrics("train")) == {
+        "cost.train.wall_s",
+        "cost.train.cpu_s",
+        "cost.train.tokens",
+        "cost.train.usd",
+    }
 
 
 def test_round_lineage_records_task_range_window_and_previous_round():
@@ -60,6 +65,35 @@ def test_auto_offset_and_window_resolve_for_a_first_round(tmp_path):
     resolved, previous = next_round(cfg)
     assert previous is None and resolved.collect.offset == 0 and resolved.collect.since is None
     assert resolved.hash == load_config("test", {"data_dir": str(tmp_path)}).hash  # auto=0 is the plain config
+
+
+def test_auto_offset_skips_consumed_ranges_and_never_a_rejected_or_pending_round(tmp_path):
+    """Real MLflow registry (SQLite): only complete versions and consumed ranges move the offset."""
+    from r2w.registry import Tag
+    from r2w.tracking import client_for, start_run
+
+    name = "r2w-offset-student"
+    cfg = load_config(
+        "test", {"data_dir": str(tmp_path), "collect": {"offset": "auto"}, "registry": {"model_name": name}}
+    )
+    client = client_for(cfg)
+    client.create_registered_model(name)
+    for task_range, state in (("0:4", "complete"), ("4:8", "pending")):  # v2: a run killed before its alias
+        client.create_model_version(
+            name, source=str(tmp_path), tags={"r2w.task_range": task_range, Tag.REGISTRATION: state}
+        )
+    resolved, previous = next_round(cfg)
+    assert previous.version == "1" and resolved.collect.offset == 4, "a pending version is its own run's round"
+
+    def round_run(model: str, task_range: str, outcome: str) -> None:
+        tags = {Tag.MODEL: model, Tag.TASK_RANGE: task_range, Tag.ROUND: outcome}
+        client.set_terminated(start_run(client, cfg, "retrain-test", tags=tags))
+
+    round_run(name, "4:8", "retry")  # its student failed the gate: the same tasks next round
+    assert next_round(cfg)[0].collect.offset == 4
+    round_run(name, "4:8", "consumed")  # a rerun found no failures on 4:8: nothing to learn there
+    round_run("another-model", "8:12", "consumed")
+    assert next_round(cfg)[0].collect.offset == 8
 
 
 def test_identical_inputs_are_never_worth_retraining():
@@ -108,3 +142,28 @@ def test_three_rounds_move_forward_and_never_register_the_same_inputs_twice(tmp_
     assert again.stage_states["collect"] == "Cached" and "train" not in again.stage_states
     assert sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")) == ["1", "2", "3"]
     print(f"\nthree rounds + identical rerun: {time.perf_counter() - started:.0f} s")
+
+
+@pytest.mark.rounds
+def test_a_round_whose_student_failed_the_gate_is_retried_not_skipped(tmp_path):
+    """Real flow, real MLflow registry: a rejected round leaves the offset where it was; the next round plays the same
+    train tasks, and once a student passes, the round after it moves on."""
+    from flows.retrain import retrain
+    from r2w.registry import Tag
+    from r2w.tracking import client_for
+
+    name = "r2w-rejected-student"
+    base = {"data_dir": str(tmp_path), "collect": {"offset": "auto"}, "registry": {"model_name": name}}
+    strict = {**base, "gate": {"max_kl": 0.0}}  # any trained student drifts from the base: rejected
+    rejected = retrain(config="test", overrides=strict)
+    assert not rejected.gate_passed and rejected.registered_version is None, rejected.reasons
+    assert rejected.task_range == "0:4" and rejected.round == "retry"
+    client = client_for(load_config("test", base))
+    tags = client.get_run(rejected.mlflow_run_id).data.tags
+    assert tags[Tag.ROUND] == "retry" and tags[Tag.GATE] == "failed" and tags[Tag.TASK_RANGE] == "0:4"
+
+    retried = retrain(config="test", overrides=base)
+    assert retried.task_range == "0:4", "the rejected round's tasks were skipped"
+    assert retried.stage_states["collect"] == "Cached"  # the same tasks: the rejected round's rollouts reused
+    assert retried.registered_version == "1" and retried.round == "registered", retried.reasons
+    assert retrain(config="test", overrides=base).task_range == "4:8"

@@ -11,6 +11,7 @@ from r2w.backends.openai_server import OpenAIServerBackend
 from r2w.backends.vllm_engine import VLLMEngineBackend
 from r2w.backends.vllm_server import LocalVLLMServer
 from r2w.config import R2WConfig
+from r2w.credentials import api_key
 from r2w.models import resolve_model_field
 
 __all__ = [
@@ -32,6 +33,13 @@ class AgentBackends:
     base: GenerationBackend
     teacher: GenerationBackend
 
+    def extractor(self) -> tuple[GenerationBackend, str]:
+        """The in-process hint extractor's model and its name for DSPy's cache: the teacher, since it is the
+        strongest model at hand (a larger or hosted one when configured; else the base itself)."""
+        if self.teacher is self.base:
+            return self.base, self.base_path.name
+        return self.teacher, self.teacher.identity
+
 
 def agent_backends(cfg: R2WConfig) -> AgentBackends:
     """Base and teacher backends as configured; a missing model names its config field (exit 2)."""
@@ -42,7 +50,16 @@ def agent_backends(cfg: R2WConfig) -> AgentBackends:
     if m.teacher or m.teacher_url:
         field = "models.teacher" if m.teacher else "models.base"
         teacher_path = resolve_model_field(field, m.teacher or m.base, cfg.data_path)
-        teacher = make_backend(m.backend, teacher_path, dtype=m.dtype, url=m.teacher_url, seed=cfg.runtime.seed)
+        teacher = make_backend(
+            m.backend,
+            teacher_path,
+            dtype=m.dtype,
+            url=m.teacher_url,
+            seed=cfg.runtime.seed,
+            server_model=m.teacher_model,
+            api_key=api_key("models.teacher_api_key_env", m.teacher_api_key_env) if m.teacher_url else None,
+            max_retries=m.max_retries,
+        )
     return AgentBackends(base_path=base_path, base=base, teacher=teacher)
 
 
@@ -53,6 +70,9 @@ def make_backend(
     dtype: str = "bfloat16",
     url: str | None = None,
     seed: int = 0,
+    server_model: str | None = None,
+    api_key: str | None = None,
+    max_retries: int = 5,
 ) -> GenerationBackend:
     """Build the configured backend.
 
@@ -60,13 +80,15 @@ def make_backend(
     serves LoRA correctly but slower than transformers), which get transformers.
     'vllm': `vllm.LLM` in-process (LoRA adapters via LoRARequest).
     'openai': the server at `url`; without a url, r2w starts a vLLM server on loopback for this model.
-    A `url` always means that server, whatever `kind` says (it is how a remote teacher is named).
+    A `url` always means that server, whatever `kind` says (it is how a remote teacher is named):
+    `server_model` is the model name asked for there, `api_key` its key (from the environment,
+    r2w/credentials.py), `max_retries` the bound on retried 429/5xx answers.
     """
     if url is not None:
         if adapter_path is not None:
             raise ValueError(f"models.teacher_url: cannot load the local adapter {adapter_path} into a remote server")
 
-        return OpenAIServerBackend(url)
+        return OpenAIServerBackend(url, model=server_model, api_key=api_key, max_retries=max_retries)
     if kind == "auto":
         kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
     if kind == "transformers":

