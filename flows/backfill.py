@@ -58,7 +58,9 @@ def backfill(
     cfg = load_config(config, overrides)
     configure_environment(cfg.data_dir)
     if cfg.collect.source == "rollout":
-        raise ValueError("backfill: collect.source must be 'traces' or 'mlflow' (rollouts have no past window)")
+        raise ValueError(
+            "backfill: collect.source must be 'imports', 'traces' or 'mlflow' (rollouts have no past window)"
+        )
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     client = client_for(cfg)
     results = []

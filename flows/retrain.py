@@ -104,9 +104,11 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
     if not novelty.worth_retraining(cfg):
         return run.stop(novelty.reason(cfg), gate="skipped")
 
-    # 3. teach: the teacher re-runs training tasks with the top-k hints; verified successes only
+    # 3. teach: the teacher re-runs training tasks (imported failures' own, where replayable) with top-k hints
+    imported = collected.failures if cfg.collect.source != "rollout" else None  # their own tasks, where replayable
     taught = run.stage("teach", teach_task, cfg=cfg, backend=models.teacher, retrieve=store.retrieve,
-                       hint_snapshot=lineage.hint_snapshot, offset=task_offset(cfg), judge=models.base)
+                       hint_snapshot=lineage.hint_snapshot, offset=task_offset(cfg), judge=models.base,
+                       imported=imported)
     summary.teacher_attempts, summary.trajectories_kept = taught.attempts, taught.kept
     lineage.trajectories_dataset = taught.trajectories.hash
 
@@ -133,7 +135,7 @@ def six_steps(cfg: R2WConfig, run: Run, previous: PreviousRound | None) -> RunSu
     student_model = make_student_backend(cfg.models.backend, start.path, student.adapter_dir, student.merged_dir,
                                          cfg.models.dtype, cfg.runtime.seed)
     evaluation = run.stage("evaluate", evaluate_task, cfg=cfg, base_backend=models.base, student_backend=student_model,
-                           retrieve=store.retrieve, hint_snapshot=lineage.hint_snapshot)
+                           retrieve=store.retrieve, hint_snapshot=lineage.hint_snapshot, imported=imported)
     report, report_dir = run.stage("gate", gate_task, cfg=cfg, evaluation=evaluation, leakage=dataset.leakage,
                                    out_dir=cfg.data_path / "runs" / run.id, lineage=lineage, hints=active,
                                    break_even=run.break_even(evaluation.scores))  # saved tokens/day vs round cost

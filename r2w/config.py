@@ -161,14 +161,15 @@ class ModelsConfig(Section):
         return self
 
 
-BUILTIN_ENVIRONMENTS = ("twx", "reasoning_gym", "bfcl")
+BUILTIN_ENVIRONMENTS = ("twx", "reasoning_gym", "bfcl", "trace_replay")
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 class EnvConfig(Section):
     name: str = Field(
         "twx",
-        description="twx | reasoning_gym | bfcl | a team's environment factory as 'package.module:Factory'",
+        description="twx | reasoning_gym | bfcl | trace_replay (imported failures, tools answered from the "
+        "recorded results; evaluation/environments/trace_replay.py) | a team's factory as 'package.module:Factory'",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for the environment factory (bfcl, a team's plugin)"
@@ -228,8 +229,14 @@ class AgentConfig(Section):
 
 
 class CollectConfig(Section):
-    source: Literal["rollout", "traces", "mlflow"] = Field(
-        "rollout", description="rollout: play the env; traces: JSONL/Parquet files; mlflow: failed MLflow traces"
+    source: Literal["rollout", "traces", "mlflow", "imports"] = Field(
+        "rollout",
+        description="rollout: play the env; traces: JSONL/Parquet files; mlflow: failed MLflow traces; imports: the "
+        "failures datasets `r2w collect import` stored (their manifests list the imports), in the since/until window",
+    )
+    import_datasets: list[str] = Field(
+        default_factory=list,
+        description="imports: hash prefixes of the stored import datasets to read (empty: every recorded import)",
     )
     episodes: int = Field(16, ge=1, description="rollout: training games played by the base agent")
     offset: int | Literal["auto"] = Field(
@@ -262,6 +269,8 @@ class CollectConfig(Section):
     def _source(self) -> CollectConfig:
         if self.source == "traces" and not self.trace_paths:
             raise ValueError("collect.trace_paths: required when collect.source is 'traces'")
+        if self.import_datasets and self.source != "imports":
+            raise ValueError("collect.import_datasets: only read when collect.source is 'imports'")
         if self.source == "mlflow" and not self.mlflow_experiment:
             raise ValueError("collect.mlflow_experiment: required when collect.source is 'mlflow'")
         if isinstance(self.offset, int) and self.offset < 0:
@@ -617,6 +626,10 @@ class R2WConfig(Section):
             raise ValueError(
                 f"agent.action_selection=score scores every valid action with the model's logits: it needs "
                 f"models.backend=transformers, got {self.models.backend!r}"
+            )
+        if self.env.name == "trace_replay" and self.collect.source == "rollout":
+            raise ValueError(
+                "env.name=trace_replay replays imported failures: collect.source must be imports, traces or mlflow"
             )
         replayed = set(self.distill.replay.families)
         if replayed & set(self.evaluate.retention_families):

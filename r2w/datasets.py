@@ -170,6 +170,40 @@ def record_import(ref: DatasetRef | str | Path, entry: dict) -> list[dict]:
     return imports
 
 
+def recorded_imports(root: str | Path, prefixes: list[str] | None = None) -> list[DatasetRef]:
+    """The stored failures datasets that imports wrote (their manifest lists `imports`), oldest first.
+
+    `prefixes` selects some by hash prefix; each must name exactly one import dataset, else a ValueError
+    names the prefix and what it matched. Why a store-level list: `r2w run` trains on what
+    `r2w collect import` stored (content-hashed, scrubbed), never on re-read trace files.
+    """
+    found = []
+    for manifest_path in sorted(Path(root, "failures").glob("*/manifest.json")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged or half-moved folder is not an import (verify_dataset names it if selected)
+        if manifest.get("imports"):
+            ref = DatasetRef(
+                kind="failures", hash=manifest["hash"], path=str(manifest_path.parent), rows=manifest["rows"]
+            )
+            found.append((min(str(i.get("at", "")) for i in manifest["imports"]), ref))
+    refs = [ref for _, ref in sorted(found, key=lambda f: (f[0], f[1].hash))]
+    if not prefixes:
+        return refs
+    chosen = []
+    for prefix in prefixes:
+        matches = [r for r in refs if r.hash.startswith(prefix)]
+        if len(matches) != 1:
+            known = ", ".join(r.short for r in refs) or "none"
+            what = "no" if not matches else f"{len(matches)}"
+            raise ValueError(
+                f"collect.import_datasets: {prefix!r} matches {what} import datasets under {root} (recorded: {known})"
+            )
+        chosen.append(matches[0])
+    return chosen
+
+
 def write_json_atomically(path: str | Path, obj: object) -> Path:
     """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
     out = Path(path)

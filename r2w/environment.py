@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from r2w.contracts import Message
+from r2w.contracts import Episode, Message
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class TurnResult:
     done: bool = False
     success: bool = False
     score: float = 0.0
+    verdict_by: str = ""  # who decided success, when not the environment itself (e.g. "gold:expected_answer")
 
 
 class ChatEnvironment(Protocol):
@@ -107,3 +108,17 @@ class ChatEnvironmentFactory(Protocol):
     def tasks(self, split: str, n: int, offset: int = 0) -> list[TaskSpec]: ...
 
     def make(self) -> ChatEnvironment: ...
+
+
+@runtime_checkable
+class RestorableFactory(Protocol):
+    """Optional: a factory that can reset to the task an imported episode recorded.
+
+    Why: imported failures (`r2w collect import`) come from a team's agent in production; when the
+    team's environment can rebuild the very task (a ticket id, a seed), the teacher re-attempts that
+    task instead of the environment's own train tasks. Return None for an episode this environment
+    cannot restore (another environment's, an unknown id). Keep the task's own split: only restored
+    `train` tasks are taught, so a trace of a held-out task never reaches the training set.
+    """
+
+    def restore(self, episode: Episode) -> TaskSpec | None: ...

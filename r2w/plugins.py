@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from r2w.contracts import Message
+from r2w.contracts import Episode, Message
 from r2w.environment import ChatEnvironment, ChatEnvironmentFactory, ChatStart, TaskSpec, TurnResult
 
 
@@ -69,6 +69,22 @@ class GuardedFactory:
 
     def make(self) -> ChatEnvironment:
         return GuardedEnvironment(self.inner.make(), self.plugin, self.timeout_s)
+
+    def restore(self, episode: Episode) -> TaskSpec | None:
+        """The plugin's `restore` (optional seam, r2w/environment.py RestorableFactory); None without one."""
+        restore = getattr(self.inner, "restore", None)
+        if restore is None:
+            return None
+        try:
+            task = restore(episode)
+        except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported with its name
+            raise PluginError(f"{self.plugin}: restore(episode {episode.episode_id}) raised {exc!r}") from exc
+        if task is not None and not isinstance(task, TaskSpec):
+            raise PluginError(
+                f"{self.plugin}: restore(episode {episode.episode_id}): expected a TaskSpec or None, "
+                f"got {type(task).__name__}"
+            )
+        return task
 
 
 class GuardedEnvironment:

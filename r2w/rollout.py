@@ -443,7 +443,7 @@ def _chat_episode(st: ChatState, policy: str, config_hash: str, model: str) -> E
     result = st.result
     return _episode(st.task, st.task_text, st.steps, (result.success, result.done, result.score), st.hint_ids,
                     st.sample_index, st.started, policy, config_hash, model, tools=st.tools,
-                    verdict_by=f"environment:{st.task.env}")  # fmt: skip
+                    verdict_by=result.verdict_by or f"environment:{st.task.env}")  # fmt: skip
 
 
 def without_actions(obs: Observation, banned: set[str]) -> Observation:

@@ -2,6 +2,8 @@
 
 All episodes are stored (the failed ones also become DPO 'rejected' attempts later);
 failures are stored as their own versioned dataset, the input of hint extraction.
+Imported failures (`collect.source: imports`, the datasets `r2w collect import` stored; or trace files,
+or MLflow traces) are stored under the category the teacher retrieves hints by (`retrieval_categories`).
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from prefect import task
 from pydantic import BaseModel
 
 from evaluation.environments import make_environment
+from evaluation.environments.trace_replay import require_judgeable
 from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
-from r2w.config import R2WConfig
+from r2w.config import ConfigError, R2WConfig
 from r2w.contracts import Episode, utcnow
-from r2w.datasets import DatasetRef, record_import, save_records
+from r2w.datasets import DatasetRef, load_records, record_import, recorded_imports, save_records
 from r2w.importers.files import import_file, load_outcomes
 from r2w.privacy import scrub_episodes
 from r2w.rollout import agent_policy, play
-from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces
+from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, in_window, parse_window
 
 
 class CollectResult(BaseModel):
@@ -62,6 +65,8 @@ def collect_failures(
     `sources` is the content fingerprint of imported sources (see `source_fingerprint`): it only
     enters the cache key, so new traces in the same window are collected again.
     """
+    if cfg.collect.source == "imports":
+        return load_imports(cfg)
     if cfg.collect.source != "rollout":
         return import_failures(cfg)
     episodes = play_training_games(cfg, backend, policy_name)
@@ -116,14 +121,71 @@ def import_failures(cfg: R2WConfig) -> CollectResult:
     else:
         uri = c.mlflow_tracking_uri or cfg.tracking_uri
         episodes = import_mlflow_traces(uri, c.mlflow_experiment, c.since, c.until, stats=stats)
-    episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # untrusted text: scrubbed before it is stored
-    root = Path(cfg.data_path) / "datasets"
     meta = {"sources": stats.sources, "window": [c.since, c.until], "invalid_skipped": stats.invalid}
-    ref = save_records(episodes, root, "failures", {**meta, "scrubbed": scrubbed})
-    record_import(ref, {"sources": stats.sources, "window": {"since": c.since, "until": c.until}, "rows": ref.rows})
-    return CollectResult(
-        episodes=ref, failures=ref, n_episodes=stats.records, n_failures=len(episodes), scrubbed=scrubbed
-    )
+    result = store_imported(cfg, episodes, meta, stats.records)
+    record_import(result.failures, {"sources": stats.sources, "window": {"since": c.since, "until": c.until},
+                                    "rows": result.failures.rows})  # fmt: skip
+    return result
+
+
+def load_imports(cfg: R2WConfig) -> CollectResult:
+    """Failures from the import datasets `r2w collect import` stored (content-hashed, scrubbed), with
+    `collect.since/until` as a window over the episodes' own times: a backfill re-reads no trace file."""
+    c = cfg.collect
+    root = Path(cfg.data_path) / "datasets"
+    try:
+        refs = recorded_imports(root, c.import_datasets)
+        since, until = parse_window(c.since, c.until)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not refs:
+        raise ConfigError(
+            f"collect.source=imports: no import datasets under {root / 'failures'}; "
+            "run `r2w collect import FILE...` (or `r2w collect mlflow`) with this config first"
+        )
+    episodes: dict[str, Episode] = {}
+    read = 0
+    for ref in refs:
+        for episode in load_records(ref, Episode):  # verifies the content hash
+            read += 1
+            if not episode.success and in_window(episode.created_at, since, until):
+                episodes.setdefault(episode.episode_id, episode)  # one failure imported twice counts once
+    meta = {"from_imports": [r.hash for r in refs], "window": [c.since, c.until]}
+    return store_imported(cfg, list(episodes.values()), meta, read)
+
+
+def store_imported(cfg: R2WConfig, episodes: list[Episode], meta: dict, read: int) -> CollectResult:
+    """Imported failures, scrubbed (untrusted text) and filed under retrieval categories, as a dataset."""
+    episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # untrusted text: scrubbed before it is stored
+    episodes, relabelled = retrieval_categories(cfg, episodes)
+    if cfg.env.name == "trace_replay":
+        require_judgeable(episodes)  # before any stage spends time on tasks no one can verify
+    meta = {**meta, "scrubbed": scrubbed, "categories": relabelled}
+    ref = save_records(episodes, Path(cfg.data_path) / "datasets", "failures", meta)
+    return CollectResult(episodes=ref, failures=ref, n_episodes=read, n_failures=len(episodes), scrubbed=scrubbed)
+
+
+def retrieval_categories(cfg: R2WConfig, episodes: list[Episode]) -> tuple[list[Episode], dict[str, str]]:
+    """Imported failures filed under the category the teacher retrieves hints by; returns {old: new}.
+
+    Why: hints are stored and retrieved by category, and the teacher retrieves by its task's category. An
+    imported trace names its own ("chat", "weather_agent"), so its hints would sit where no teacher looks.
+    A failure the environment can restore takes its restored task's category; under `trace_replay` the
+    replayed task is the failure itself (its category stays); otherwise the environment's category.
+    """
+    if cfg.env.name == "trace_replay" or not episodes:
+        return episodes, {}
+    factory = make_environment(cfg.env)
+    restore = getattr(factory, "restore", None)
+    out, relabelled = [], {}
+    for episode in episodes:
+        task = restore(episode) if restore is not None else None
+        category = task.category if task is not None else factory.category
+        if category != episode.category:
+            relabelled[episode.category] = category
+            episode = episode.model_copy(update={"category": category})
+        out.append(episode)
+    return out, relabelled
 
 
 def source_fingerprint(cfg: R2WConfig) -> str:
@@ -138,6 +200,11 @@ def source_fingerprint(cfg: R2WConfig) -> str:
         )
     if c.source == "mlflow":
         return f"until:{c.until}" if c.until else f"now:{utcnow().isoformat()}"
+    if c.source == "imports":  # the stored datasets' content hashes: a new import means a new key
+        try:
+            return ",".join(r.hash[:16] for r in recorded_imports(Path(cfg.data_path) / "datasets", c.import_datasets))
+        except ValueError:
+            return "unresolved"  # the stage itself raises the config error
     return ""
 
 

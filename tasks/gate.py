@@ -54,9 +54,19 @@ class EvaluationResult(BaseModel):
         return {**score_metrics(self.scores), **{f"retention.{k}": v for k, v in self.retention.items()}}
 
 
-def evaluate(cfg: R2WConfig, base_backend, student_backend, retrieve, hint_snapshot: str) -> EvaluationResult:
-    """Score random/base/base+hints/student on the same held-out seeds; `hint_snapshot` keys the cache."""
-    factory = make_environment(cfg.env)
+def evaluate(
+    cfg: R2WConfig,
+    base_backend,
+    student_backend,
+    retrieve,
+    hint_snapshot: str,
+    imported: DatasetRef | None = None,
+) -> EvaluationResult:
+    """Score random/base/base+hints/student on the same held-out seeds; `hint_snapshot` keys the cache.
+
+    `imported` (the collect stage's failures) are the tasks of `trace_replay`: its held-out test split."""
+    failures = load_records(imported, Episode) if imported is not None else None
+    factory = make_environment(cfg.env, failures)
     tasks = factory.tasks("test", cfg.evaluate.test_episodes)
 
     def greedy(backend, name: str):

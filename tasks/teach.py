@@ -6,6 +6,10 @@ verdict, a team's callable, or an LLM judge ranking each task's attempts against
 Hints are retrieved ONCE per episode, at its start (task + first observation as the query),
 and placed in a delimited block of the system prompt; each kept trajectory records which
 hints it saw.
+
+Which tasks: the environment's train tasks of the round, except for imported failures, whose own tasks
+are taught wherever the environment can restore them (r2w/environment.py `RestorableFactory`;
+`trace_replay` replays any imported failure). Restored tasks of a held-out split are never taught.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from r2w.agent_prompt import extract_hints_block
 from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
-from r2w.contracts import Trajectory, content_hash
-from r2w.datasets import DatasetRef, save_records
+from r2w.contracts import Episode, Trajectory, content_hash
+from r2w.datasets import DatasetRef, load_records, save_records
+from r2w.environment import TaskSpec
 from r2w.rollout import HintRetriever, agent_policy, play
 from r2w.verifiers import make_verifier, verify_episodes
 
@@ -39,6 +44,8 @@ class TeachResult(BaseModel):
     tokens: int = 0  # prompt + completion tokens of every teacher attempt
     verified_by: str = "env"  # the verifier that decided which attempts were kept (env | callable:.. | judge:..)
     verify_malformed: int = 0  # tasks whose judge reply did not parse (none of their attempts kept)
+    task_source: str = "env"  # env: the environment's train tasks; imports: the imported failures' own tasks
+    not_restored: int = 0  # imported failures whose task the environment could not restore (or held out)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -46,6 +53,8 @@ class TeachResult(BaseModel):
             "teach.kept": self.kept,
             "teach.single_sample_rate": self.single_sample_rate,
             "teach.verify_malformed": self.verify_malformed,
+            "teach.imported_tasks": self.tasks if self.task_source == "imports" else 0,
+            "teach.not_restored": self.not_restored,
         }
 
 
@@ -56,11 +65,14 @@ def teach(
     hint_snapshot: str,
     offset: int = 0,
     judge: GenerationBackend | None = None,
+    imported: DatasetRef | None = None,
 ) -> TeachResult:
-    """Best-of-n hinted attempts on `teach.tasks` train tasks from `offset` (the round's first task), kept
-    where the configured verifier accepts them; `judge` is the local judge model (default: `backend`)."""
-    factory = make_environment(cfg.env)
-    tasks = factory.tasks("train", cfg.teach.tasks, offset)
+    """Best-of-n hinted attempts on `teach.tasks` tasks: the imported failures' own (`imported`, the collect
+    stage's failures dataset) where the environment restores them, else train tasks from `offset`; kept where
+    the configured verifier accepts them (`judge` is the local judge model, default: `backend`)."""
+    failures = load_records(imported, Episode) if imported is not None else None
+    factory = make_environment(cfg.env, failures)
+    tasks, source, not_restored = teach_tasks(cfg, factory, failures, offset)
     policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
     desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"
     episodes = play(cfg, factory, tasks, policy, desc, samples=cfg.teach.samples, retrieve=retrieve)
@@ -94,7 +106,26 @@ def teach(
         tokens=sum(e.total_tokens for e in episodes),
         verified_by=verifier.label,
         verify_malformed=verifier.malformed,
+        task_source=source,
+        not_restored=not_restored,
     )
+
+
+def teach_tasks(
+    cfg: R2WConfig, factory, failures: list[Episode] | None, offset: int
+) -> tuple[list[TaskSpec], str, int]:
+    """(tasks, "imports" | "env", imported failures not restored): the failures' own train tasks, deduplicated,
+    up to `teach.tasks`, when the environment restores any; else the environment's train tasks from `offset`."""
+    restore = getattr(factory, "restore", None)
+    if failures and restore is not None:
+        restored: dict[str, TaskSpec] = {}
+        for episode in failures:
+            task = restore(episode)
+            if task is not None and task.split == "train":  # a held-out task is never taught
+                restored.setdefault(task.task_id, task)
+        if restored:
+            return list(restored.values())[: cfg.teach.tasks], "imports", len(failures) - len(restored)
+    return factory.tasks("train", cfg.teach.tasks, offset), "env", len(failures or [])
 
 
 teach_task = task(**expensive_stage("teach", "models", "env", "agent", "teach", "verify", "hints", "runtime"))(teach)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from evaluation.environments.bfcl import BFCLFactory
 from evaluation.environments.reasoning_gym import ReasoningGymFactory
+from evaluation.environments.trace_replay import TraceReplayFactory
 from evaluation.environments.twx import TWXFactory
-from r2w.config import EnvConfig
+from r2w.config import ConfigError, EnvConfig
+from r2w.contracts import Episode
 from r2w.environment import ChatEnvironmentFactory, Environment, EnvironmentFactory, Observation, TaskSpec
 from r2w.plugins import load_chat_environment
 
 __all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make_environment"]
 
 
-def make_environment(cfg: EnvConfig) -> EnvironmentFactory | ChatEnvironmentFactory:
-    """The configured environment: a built-in one, or a team's factory named by import path (guarded)."""
+def make_environment(
+    cfg: EnvConfig, imported: list[Episode] | None = None
+) -> EnvironmentFactory | ChatEnvironmentFactory:
+    """The configured environment: a built-in one, or a team's factory named by import path (guarded).
+
+    `imported`: the run's imported failures, the tasks of `trace_replay` (the retrain flow passes them)."""
     if ":" in cfg.name:
         return load_chat_environment(cfg.name, cfg.options, cfg.timeout_s)
     if cfg.name == "twx":
@@ -25,6 +31,14 @@ def make_environment(cfg: EnvConfig) -> EnvironmentFactory | ChatEnvironmentFact
         if unknown:
             raise ValueError(f"env.options: unknown bfcl options {unknown} (expected 'category', 'test_fraction')")
         return BFCLFactory(**cfg.options)
+    if cfg.name == "trace_replay":  # options: {test_fraction}
+        unknown = sorted(set(cfg.options) - {"test_fraction"})
+        if unknown:
+            raise ConfigError(f"env.options: unknown trace_replay options {unknown} (expected 'test_fraction')")
+        if imported is None:
+            raise ConfigError("env.name=trace_replay: replays a run's imported failures (collect.source imports)")
+        return TraceReplayFactory(imported, **cfg.options)
     raise ValueError(
-        f"env.name: unknown environment {cfg.name!r} (expected 'twx', 'reasoning_gym', 'bfcl' or 'pkg.mod:Factory')"
+        f"env.name: unknown environment {cfg.name!r} (expected 'twx', 'reasoning_gym', 'bfcl', 'trace_replay' "
+        "or 'pkg.mod:Factory')"
     )

@@ -186,7 +186,9 @@ def first_record(path: Path, max_record_bytes: int) -> object:
 def read_outcomes(
     path: str | Path, max_record_bytes: int, privacy=None
 ) -> tuple[dict[str, Outcome], list[RecordError]]:
-    """An outcomes side file: records {id, success | label | score [, outcome]} (JSONL or a JSON array)."""
+    """An outcomes side file: records {id, success | label | score [, outcome] [, expected]} (JSONL or a JSON
+    array). `expected` is the reference the episode should have reached, kept as its gold data: a string
+    (the expected final answer) or {expected_answer?, expected_tool_calls?: [{name, arguments}]}."""
     path = Path(path)
     name = str(path)
     if not path.is_file():
@@ -206,12 +208,37 @@ def read_outcomes(
             outcome = outcome_of(raw, "", "outcomes-file")
             if outcome is None:
                 raise FieldError("success", "no outcome: give success, label or score", None, show=False)
+            outcome.gold = expected_gold(raw.get("expected"))
             if str(key) in out:
                 raise FieldError("id", "duplicate id", key)
             out[str(key)] = outcome
         except FieldError as exc:
             errors.append(field_error(exc, name, number, privacy))
     return out, errors
+
+
+def expected_gold(value: object) -> dict:
+    """An outcomes record's `expected` as Episode.gold ({} when absent); a FieldError names what is wrong.
+
+    The keys are the ones a replay verifier reads (evaluation/environments/trace_replay.py)."""
+    if value is None:
+        return {}
+    if isinstance(value, str) and value.strip():
+        return {"expected_answer": value}
+    if isinstance(value, dict) and value and set(value) <= {"expected_answer", "expected_tool_calls"}:
+        answer, calls = value.get("expected_answer"), value.get("expected_tool_calls")
+        if answer is not None and not (isinstance(answer, str) and answer.strip()):
+            raise FieldError("expected.expected_answer", "expected a non-empty string", answer)
+        if calls is not None and not (
+            isinstance(calls, list)
+            and calls
+            and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls)
+        ):
+            raise FieldError("expected.expected_tool_calls", "expected a list of {name, arguments}", calls)
+        return dict(value)
+    raise FieldError(
+        "expected", "expected the final answer (a string) or {expected_answer, expected_tool_calls}", value
+    )
 
 
 # ---------------------------------------------------------------- the import itself
@@ -255,8 +282,11 @@ def import_records(
             )
             continue
         try:
+            fields = draft.fields
+            if outcome.gold:  # an outcomes file's `expected` joins the gold the record itself carried
+                fields = {**fields, "gold": {**fields.get("gold", {}), **outcome.gold}}
             episode = Episode(
-                **draft.fields,
+                **fields,
                 success=outcome.success,
                 score=outcome.score,
                 outcome=outcome.text,

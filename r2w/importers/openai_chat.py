@@ -6,8 +6,9 @@ API's shape) or an object; both are stored as JSON text.
 Per record: `id` (or `custom_id`) names it for an --outcomes file; `created_at` (ISO 8601) or
 `created` (Unix seconds) dates it; the outcome is `success` (true/false), else `label`
 (pass/fail/correct/1/0 ...), else `score` (0 = failure), or the --outcomes file's entry for its id.
-Optional `task`, `category`, `env`, `metadata` ({task, category, env}); the task defaults to the
-first user message. One step per assistant message.
+Optional `task`, `category`, `env`, `task_id`, `metadata` ({task, category, env, task_id}); the task
+defaults to the first user message, the task id to `openai/<id>` (an environment that can restore a
+task reads `task_id`: r2w/environment.py RestorableFactory). One step per assistant message.
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def _convert(raw: object, number: int) -> list[Draft]:
     )
     text = {
         k: opt(raw, k, "", str, "a string") or opt(meta, k, "metadata", str, "a string")
-        for k in ("task", "category", "env")
+        for k in ("task", "category", "env", "task_id")
     }
     fields = dict(
         episode_id=episode_id("oa", key),
         env=text["env"] or "openai-chat",
         category=text["category"] or "chat",
-        task_id=f"openai/{key}",
+        task_id=text["task_id"] or f"openai/{key}",
         split="train",
         seed=0,
         task=text["task"] or first_user_text(messages),

@@ -43,6 +43,7 @@ class Outcome:
     score: float
     text: str
     verdict_by: str
+    gold: dict = field(default_factory=dict)  # reference data an outcomes file gave (`expected`): Episode.gold
 
 
 @dataclass

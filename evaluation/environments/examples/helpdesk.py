@@ -10,6 +10,10 @@ order up (`lookup_order`) to learn its amount, then call `refund` with that exac
 without a tool call. State (orders, refunds) lives in the environment, so tools change it; the
 verifier checks the final state: exactly one refund, of the right order, for the full amount.
 Splits are seed ranges that never overlap: train 0-9999, dev 10000-19999, test 20000-29999.
+
+`restore` (optional seam) turns an imported trace of this desk back into its task: a trace that
+records the task id `helpdesk/refund/<split>/<seed>` (e.g. `metadata.task_id` in OpenAI chat JSONL)
+is re-attempted by the teacher exactly, with the same order book.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 
-from r2w.contracts import Message
+from r2w.contracts import Episode, Message
 from r2w.environment import ChatStart, TaskSpec, TurnResult
 
 SPLITS = {"train": 0, "dev": 10_000, "test": 20_000}
@@ -66,6 +70,16 @@ class HelpDesk:
 
     def make(self) -> HelpDeskEpisode:
         return HelpDeskEpisode(self.max_orders)
+
+    def restore(self, episode: Episode) -> TaskSpec | None:
+        """The task an imported episode recorded (`helpdesk/refund/<split>/<seed>`), or None if not ours."""
+        parts = episode.task_id.split("/")
+        if len(parts) != 4 or parts[:2] != [self.name, self.category] or not parts[3].isdigit():
+            return None
+        split, seed = parts[2], int(parts[3])
+        if split not in SPLITS or not SPLITS[split] <= seed < SPLITS[split] + 10_000:
+            return None
+        return TaskSpec(self.name, self.category, split, seed)
 
 
 class HelpDeskEpisode:
