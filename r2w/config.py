@@ -193,7 +193,7 @@ class AgentConfig(Section):
     max_new_tokens: int = Field(12, ge=1)
     answer_max_new_tokens: int = Field(48, ge=1, description="free-text answers (no valid actions: reasoning_gym)")
     constrain_tool_calls: bool = Field(
-        True, description="tool-calling tasks: decode each reply to the tools' JSON schema where the backend can (vLLM)"
+        True, description="tool-calling tasks: decode each reply to the tools' JSON schema (vLLM, transformers)"
     )
     history: int = Field(3, ge=0, description="past (action, observation) pairs shown in the prompt")
     batch_size: int = Field(16, ge=1, description="episodes stepped in lockstep per generate call")
