@@ -60,11 +60,13 @@ def apply_gates(
     leakage: dict[str, int],
     privacy: dict[str, float] | None = None,
     hints_vs_base: dict[str, int] | None = None,
+    retention_scores: list[PolicyScore] | None = None,
 ) -> GateReport:
     """Every check with value, threshold and verdict.
 
     `privacy` holds the canary probe's counts (evaluation/canary.py); `hints_vs_base` the paired
-    table of the base WITH hints (a) against the base (b) on the same seeds (metrics.paired_counts).
+    table of the base WITH hints (a) against the base (b) on the same seeds (metrics.paired_counts);
+    `retention_scores` base and student on each never-trained suite (evaluate.retention_envs).
     """
     by = {s.policy: s for s in scores}
     base, hinted, student = by[BASE], by[BASE_HINTS], by[STUDENT]
@@ -147,6 +149,7 @@ def apply_gates(
             checks.append(
                 _check(f"retention_{key[5:]}", drop, policy.max_retention_drop, "<=", "gold-action loglik drop")
             )
+    checks += _suite_checks(retention_scores or [], policy.max_retention_success_drop)
     reasons = [
         f"{c.name}: {c.value:g} is not {c.comparison} {c.threshold:g} ({c.detail})" for c in checks if not c.passed
     ]
@@ -158,4 +161,19 @@ def apply_gates(
         leakage=leakage,
         privacy=privacy,
         reasons=reasons,
+        retention_scores=retention_scores or [],
     )
+
+
+def _suite_checks(scores: list[PolicyScore], max_drop: float) -> list[GateCheck]:
+    """One check per retention suite: the base's success minus the student's, on the same hint-free tasks."""
+    checks = []
+    for suite in dict.fromkeys(s.suite for s in scores):
+        by = {s.policy: s for s in scores if s.suite == suite}
+        base, student = by[BASE], by[STUDENT]
+        detail = (
+            f"base {base.rate:.3f} [{base.ci_low:.2f}-{base.ci_high:.2f}] - student {student.rate:.3f} "
+            f"[{student.ci_low:.2f}-{student.ci_high:.2f}], n={student.n} same tasks, hint-free"
+        )
+        checks.append(_check(f"retention_success_{suite}", base.rate - student.rate, max_drop, "<=", detail))
+    return checks

@@ -30,6 +30,11 @@ def render_markdown(
             f"| {s.policy} | {s.rate:.1%} | {s.n} | {s.ci_low:.1%}-{s.ci_high:.1%} "
             f"| {s.mean_steps:.1f} | {s.mean_tokens:.0f} |"
         )
+    if report.retention_scores:
+        lines += ["", "## Retention suites (never trained on; hint-free, same tasks)", "",
+                  "| suite | policy | success | n | 95% CI |", "|---|---|---|---|---|"]  # fmt: skip
+        for s in report.retention_scores:
+            lines.append(f"| {s.suite} | {s.policy} | {s.rate:.1%} | {s.n} | {s.ci_low:.1%}-{s.ci_high:.1%} |")
     lines += ["", "## Checks", "", "| check | value | rule | result | detail |", "|---|---|---|---|---|"]
     for c in report.checks:
         mark = "pass" if c.passed else "**FAIL**"

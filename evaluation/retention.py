@@ -4,6 +4,8 @@
 - Mean log-likelihood of the gold action on game types the training never touched
   (a drop means the student got worse at something it was not trained on), and of the
   reference answer on reasoning-gym families the training never touched.
+- Success, hint-free, of base and student on whole environments the training never touched
+  (`evaluate.retention_envs`: any environment the seam runs), on the same test tasks.
 - Perplexity drift on general English prose available offline: by default the paragraphs of
   Jules and Michel Verne's "In the Year 2889" (Project Gutenberg eBook #19362, public domain),
   which reasoning-gym ships as `reasoning_gym/data/in_the_year_2889.txt` for its text tasks.
@@ -18,9 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evaluation.environments import EnvironmentFactory
+from evaluation.environments import EnvironmentFactory, make_environment
+from evaluation.metrics import score_episodes
 from r2w.agent_prompt import build_messages
-from r2w.contracts import Message
+from r2w.config import R2WConfig
+from r2w.contracts import BASE, STUDENT, Message, PolicyScore
+from r2w.rollout import agent_policy, play
 
 
 @torch.inference_mode()
@@ -134,3 +139,33 @@ def mean_action_loglik(model, tokenizer, pairs: list[tuple[list[Message], str]],
         total += token_lp.sum().item()
         count += token_lp.numel()
     return total / max(count, 1)
+
+
+def play_retention_suites(cfg: R2WConfig, base_backend, student_backend) -> list[PolicyScore]:
+    """Base and student, greedy and hint-free, on each `evaluate.retention_envs` suite's same test tasks.
+
+    The agent is the one every stage runs (rollout.agent_policy); each suite keeps its own step budget.
+    """
+    scores = []
+    for env_cfg in cfg.evaluate.retention_envs:
+        try:
+            factory = make_environment(env_cfg)
+        except ValueError as exc:  # name the field the user wrote
+            raise ValueError(f"evaluate.retention_envs: {env_cfg.suite}: {exc}") from None
+        tasks = factory.tasks("test", env_cfg.tasks)
+        suite_cfg = cfg.model_copy(update={"env": env_cfg})
+        for name, backend in ((BASE, base_backend), (STUDENT, student_backend)):
+            policy = agent_policy(cfg, backend, name, temperature=0.0)
+            episodes = play(suite_cfg, factory, tasks, policy, f"retention {env_cfg.suite} {name}")
+            scores.append(score_episodes(name, episodes).model_copy(update={"suite": env_cfg.suite}))
+    return scores
+
+
+def suite_metrics(scores: list[PolicyScore]) -> dict[str, float]:
+    """Per suite: each policy's success and n, and the base-minus-student drop the gate checks."""
+    out: dict[str, float] = {}
+    for s in scores:
+        out |= {f"success_{s.policy}:{s.suite}": s.rate, f"n_{s.policy}:{s.suite}": float(s.n)}
+    for suite in dict.fromkeys(s.suite for s in scores):
+        out[f"success_drop:{suite}"] = out[f"success_{BASE}:{suite}"] - out[f"success_{STUDENT}:{suite}"]
+    return out

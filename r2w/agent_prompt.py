@@ -31,6 +31,11 @@ def is_base_system(text: str | None) -> bool:
     return text is not None and (text in BASE_SYSTEMS or text.startswith(SYSTEM_CHAT))
 
 
+def is_chat_system(text: str | None) -> bool:
+    """Whether a (de-hinted) system message is the tool-calling chat prompt (whole conversations, not one action)."""
+    return text is not None and text.startswith(SYSTEM_CHAT)
+
+
 HINTS_OPEN = "\n\n### Hints from past attempts\n"
 HINTS_CLOSE = "\n### End of hints"
 

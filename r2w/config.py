@@ -210,7 +210,7 @@ class AgentConfig(Section):
     max_new_tokens: int = Field(12, ge=1)
     answer_max_new_tokens: int = Field(48, ge=1, description="free-text answers (no valid actions: reasoning_gym)")
     constrain_tool_calls: bool = Field(
-        True, description="tool-calling tasks: decode each reply to the tools' JSON schema where the backend can (vLLM)"
+        True, description="tool-calling tasks: decode each reply to the tools' JSON schema (vLLM, transformers)"
     )
     history: int = Field(3, ge=0, description="past (action, observation) pairs shown in the prompt")
     batch_size: int = Field(16, ge=1, description="episodes stepped in lockstep per generate call")
@@ -462,6 +462,9 @@ class DistillConfig(Section):
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_examples_per_task: int = Field(40, ge=1)
+    max_length: int = Field(
+        1024, ge=16, description="tokens per training row; longer rows lose their end (tool conversations run long)"
+    )
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     bf16: bool | Literal["auto"] = Field(
         "auto", description="bf16 autocast (float32 master weights); auto: where the hardware runs bf16 natively"
@@ -486,6 +489,33 @@ class DistillConfig(Section):
         return self
 
 
+class RetentionEnvConfig(EnvConfig):
+    """An environment the student was not trained on: base and student play it hint-free on the same test tasks.
+
+    Any environment the seam runs (a built-in name or 'pkg.mod:Factory' with options); in YAML a bare name works.
+    """
+
+    label: str = Field("", description="its name in reports and metrics; '' = derived from the environment")
+    tasks: int = Field(8, ge=1, description="held-out test tasks, the same for base and student")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data):
+        return {"name": data} if isinstance(data, str) else data
+
+    @property
+    def suite(self) -> str:
+        """A stable name: the label, else the environment and what selects its tasks."""
+        if self.label:
+            return self.label
+        if self.name == "twx":
+            return f"twx:{self.game}"
+        if self.name == "reasoning_gym":
+            return "rg:" + "-".join(self.families)
+        category = self.options.get("category")
+        return f"{self.name}:{category}" if isinstance(category, str) else self.name
+
+
 class EvaluateConfig(Section):
     test_episodes: int = Field(32, ge=1)
     random_episodes: int = Field(200, ge=1, description="random-valid-action baseline episodes")
@@ -508,6 +538,18 @@ class EvaluateConfig(Section):
     )
     general_passages: int = Field(40, ge=1)
     general_max_tokens: int = Field(128, ge=2, description="tokens scored per passage")
+    retention_envs: list[RetentionEnvConfig] = Field(
+        default_factory=list,
+        description="environments never trained on, played hint-free by base and student (success with n and CI)",
+    )
+
+    @field_validator("retention_envs")
+    @classmethod
+    def _distinct_suites(cls, envs: list[RetentionEnvConfig]) -> list[RetentionEnvConfig]:
+        names = [e.suite for e in envs]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"evaluate.retention_envs: suites {dupes} appear twice; give them distinct `label`s")
+        return envs
 
 
 class GateConfig(Section):
@@ -527,6 +569,9 @@ class GateConfig(Section):
     max_kl: float = Field(0.5, ge=0)
     max_leakage: int = Field(0, ge=0)
     max_retention_drop: float = Field(0.1, ge=0, description="drop in gold-action mean log-lik (nats/token)")
+    max_retention_success_drop: float = Field(
+        0.15, ge=0, le=1, description="base - student success on each evaluate.retention_envs suite (same tasks)"
+    )
     max_perplexity_drift: float = Field(
         0.05, ge=0, description="student/base perplexity - 1 on general prose (0.05 = 5% worse)"
     )

@@ -239,6 +239,18 @@ class DistillExample(Record):
     teacher_context: str = ""
     trajectory_id: str
     split: Literal["train", "validation"] = "train"
+    # "completion": the loss is on `completion` only (one decision). "assistant_turns": a whole tool-calling
+    # conversation (`prompt` + `completion` = every turn of a successful episode); the loss is on every assistant
+    # turn, tool calls included, and on nothing else (tool results, user turns, the system prompt).
+    loss_on: Literal["completion", "assistant_turns"] = "completion"
+
+    @model_serializer(mode="wrap")
+    def _lean(self, handler):
+        """Leave out the default `loss_on`, so one-decision examples serialise (and hash) as before it existed."""
+        data = handler(self)
+        if data.get("loss_on") == "completion":
+            data.pop("loss_on")
+        return data
 
 
 class GateCheck(Record):
@@ -261,12 +273,14 @@ class PolicyScore(Record):
     ci_high: float
     mean_steps: float = 0.0
     mean_tokens: float = 0.0
+    suite: str = ""  # '' = the trained environment's held-out tasks; else an evaluate.retention_envs suite
 
 
 class GateReport(Record):
     passed: bool
     checks: list[GateCheck]
     scores: list[PolicyScore]
+    retention_scores: list[PolicyScore] = Field(default_factory=list)  # base and student on each retention suite
     retention: dict[str, float] = Field(default_factory=dict)
     leakage: dict[str, int] = Field(default_factory=dict)
     privacy: dict[str, float] = Field(default_factory=dict)  # canary probe: canary_leaks, canary_attempts, canaries

@@ -5,6 +5,7 @@ Shared by the distill stage's three methods (tasks/distill.py); plain functions,
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import defaultdict
@@ -13,7 +14,8 @@ from rapidfuzz import fuzz
 
 from r2w.agent_prompt import HINTS_CLOSE, HINTS_OPEN, is_base_system, strip_hints_block
 from r2w.config import DistillConfig
-from r2w.contracts import DistillExample, Episode, Hint, Message, content_hash
+from r2w.contracts import DistillExample, Episode, Hint, Message, Trajectory, content_hash
+from r2w.tool_calls import parse_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +89,83 @@ def normalised_hint_texts(hints: list[Hint]) -> list[str]:
     return [t for t in (_normalise(h.text) for h in hints) if t]
 
 
-def prompt_leaks(prompt: list[Message], hint_texts: list[str], fuzzy_ratio: float) -> bool:
-    for message in prompt:
-        content = _normalise(message.content)
+def turn_texts(text: str) -> list[str]:
+    """An assistant turn's text, then every string inside its tool calls' decoded arguments.
+
+    Matching the rendered turn alone would miss a hint with quotes or backslashes in it: JSON escapes them.
+    """
+    out = [text]
+    for call in parse_tool_calls(text).calls:
+        out.extend(_strings(json.loads(call.function.arguments)))
+    return out
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def text_leaks(texts: list[str], hint_texts: list[str], fuzzy_ratio: float) -> bool:
+    """Whether a hint's text is in one of `texts`: verbatim (normalised), or nearly so for long enough hints.
+
+    The fuzzy match only looks for the hint inside a text at least as long as the hint: `partial_ratio` of a
+    short text (an action, a tool result "6") against a long hint would match by chance.
+    """
+    for text in texts:
+        content = _normalise(text)
         for hint in hint_texts:
             if hint in content:
                 return True
-            if len(hint) >= FUZZY_MIN_CHARS and fuzz.partial_ratio(hint, content) >= fuzzy_ratio:
+            long_enough = len(hint) >= FUZZY_MIN_CHARS and len(content) >= len(hint)
+            if long_enough and fuzz.partial_ratio(hint, content) >= fuzzy_ratio:
                 return True
     return False
 
 
+def prompt_leaks(prompt: list[Message], hint_texts: list[str], fuzzy_ratio: float) -> bool:
+    """Hint text anywhere in the input, earlier assistant turns' tool-call arguments included."""
+    texts = [t for m in prompt for t in (turn_texts(m.content) if m.role == "assistant" else [m.content])]
+    return text_leaks(texts, hint_texts, fuzzy_ratio)
+
+
+def completion_leaks(completion: str, hint_texts: list[str], fuzzy_ratio: float) -> bool:
+    """A target that refers to its hints, or carries a hint's text (in its words or in a tool call's arguments)."""
+    return bool(HINT_REFERENCE.search(completion)) or text_leaks(turn_texts(completion), hint_texts, fuzzy_ratio)
+
+
 def count_leaks(examples: list[DistillExample], hints: list[Hint], fuzzy_ratio: float) -> int:
     """Independent re-check of the final training set: rows whose input carries hint text or whose
-    target refers to hints. The leakage gate reads this number, not the filter's drop counts."""
+    target refers to hints or carries their text. The leakage gate reads this number, not the filter's drop counts."""
     hint_texts = normalised_hint_texts(hints)
     return sum(
         prompt_leaks(e.prompt, hint_texts, fuzzy_ratio)
-        or bool(HINT_REFERENCE.search(e.completion))
-        or bool(e.rejected and HINT_REFERENCE.search(e.rejected))
+        or completion_leaks(e.completion, hint_texts, fuzzy_ratio)
+        or bool(e.rejected and completion_leaks(e.rejected, hint_texts, fuzzy_ratio))
         for e in examples
     )
+
+
+def conversation(traj: Trajectory) -> tuple[list[Message], str]:
+    """A successful tool-calling episode as ONE hint-free conversation: (its last prompt, its last turn).
+
+    Every step's prompt is the conversation so far, so the last prompt plus the last turn holds every
+    assistant turn exactly as the model later saw it; this proves that, step by step, before it is trained on.
+    """
+    steps = traj.episode.steps
+    prompts = [student_prompt(step.prompt, traj.hints_block)[0] for step in steps]
+    full = [*prompts[-1], Message(role="assistant", content=steps[-1].action)]
+    for prompt, step in zip(prompts, steps, strict=True):
+        if full[: len(prompt)] != prompt or full[len(prompt)] != Message(role="assistant", content=step.action):
+            raise PromptMismatchError(
+                f"episode {traj.episode.episode_id} step {step.index}: its prompt and turn are not the start of the "
+                "episode's last prompt, so the conversation cannot be trained as one"
+            )
+    return prompts[-1], steps[-1].action
 
 
 def finalise(
@@ -132,19 +190,40 @@ def finalise(
     return examples
 
 
-def to_sft_dataset(examples: list[DistillExample]):
-    """Conversational prompt/completion rows: TRL masks the prompt, so the loss is on the action only."""
+def to_sft_dataset(examples: list[DistillExample], messages: bool | None = None):
+    """TRL conversational rows. One-decision examples only: prompt/completion rows, TRL masks the prompt.
+
+    With any whole conversation among them (or `messages=True`): `messages` rows for all, trained with
+    `assistant_only_loss`, so the loss falls on every assistant turn (tool calls included) and on nothing else.
+    A one-decision row is then its prompt plus the completion, the same loss, if its prompt has no assistant turn.
+    Tools travel inside the system message (r2w/tool_calls.py), as the agent saw them, not as a `tools` column.
+    """
     from datasets import Dataset
 
-    return Dataset.from_list(
-        [
-            {
-                "prompt": [m.model_dump() for m in e.prompt],
-                "completion": [{"role": "assistant", "content": e.completion}],
-            }
-            for e in examples
-        ]
-    )
+    if messages is None:
+        messages = any(e.loss_on == "assistant_turns" for e in examples)
+    if not messages:
+        return Dataset.from_list(
+            [
+                {
+                    "prompt": [m.model_dump() for m in e.prompt],
+                    "completion": [{"role": "assistant", "content": e.completion}],
+                }
+                for e in examples
+            ]
+        )
+    for e in examples:
+        if e.loss_on == "completion" and any(m.role == "assistant" for m in e.prompt):
+            raise ValueError(
+                f"distill example {e.example_id}: a one-decision row whose prompt has assistant turns cannot be "
+                "trained next to whole conversations (its earlier turns would get loss too)"
+            )
+    return Dataset.from_list([{"messages": conversation_messages(e)} for e in examples])
+
+
+def conversation_messages(example: DistillExample) -> list[dict]:
+    """The example as one chat: its prompt, then the completion as the last assistant turn."""
+    return [m.model_dump() for m in example.prompt] + [{"role": "assistant", "content": example.completion}]
 
 
 def to_dpo_dataset(pairs: list[DistillExample]):

@@ -30,6 +30,20 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# The same ChatML with TRL's `{% generation %}` markers around each assistant turn's text and end-of-turn token,
+# for SFT with `assistant_only_loss` (TRL ships such templates only for the model families it knows, not SmolLM2's).
+# Distillation uses it only after proving it renders each training conversation exactly as the model's own template.
+CHATML_TRAINING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -157,7 +157,7 @@ class LLMPolicy:
         return decisions  # type: ignore[return-value]
 
     def act_chat(self, states: list[ChatState]) -> list[Decision]:
-        """One assistant turn per live chat episode: free text with tool calls, parsed (never constrained)."""
+        """One assistant turn per live chat episode, parsed: decoded to the tools' JSON schema where the backend can."""
         prompts = [build_chat_messages(s.conversation, s.tools, s.hints_block) for s in states]
         if self.constrain_tools and getattr(self.backend, "constrains_json", False):
             schemas = [json.dumps(reply_schema(s.tools)) if s.tools else None for s in states]

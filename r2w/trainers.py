@@ -16,6 +16,7 @@ from r2w.config import DistillConfig
 from r2w.contracts import DistillExample
 from r2w.distill_data import teacher_prompt, to_dpo_dataset, to_onpolicy_dataset, to_sft_dataset
 from r2w.training import (
+    assistant_masking_tokenizer,
     check_inputs,
     checkpoint_step,
     last_checkpoint,
@@ -165,14 +166,26 @@ def _with_method(cfg: DistillConfig, method: str) -> DistillConfig:
 
 
 def _sft_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, validation):
-    """SFT on the action only: TRL masks the prompt of conversational prompt/completion rows."""
+    """SFT on the teacher's turns only. One-decision rows: TRL masks the prompt of prompt/completion rows. Whole
+    tool-calling conversations: `messages` rows with `assistant_only_loss`, which masks everything but the assistant
+    turns through the chat template's `{% generation %}` markers (r2w/training.py proves that template renders the
+    rows as the model's own does)."""
     from trl import SFTConfig, SFTTrainer
 
+    whole = any(e.loss_on == "assistant_turns" for e in train + validation)
+    train_set = to_sft_dataset(train, whole)
+    eval_set = to_sft_dataset(validation, whole) if validation else None
+    if whole:
+        rows = list(train_set["messages"]) + (list(eval_set["messages"]) if eval_set is not None else [])
+        tokenizer = assistant_masking_tokenizer(tokenizer, rows)
+        if over := sum(len(tokenizer.apply_chat_template(r, tokenize=True)) > cfg.max_length for r in rows):
+            log.warning("%d of %d conversations exceed distill.max_length=%d: their last turns are cut", over,
+                        len(rows), cfg.max_length)  # fmt: skip
     return SFTTrainer(
         model=model,
-        args=SFTConfig(**settings, max_length=1024),
-        train_dataset=to_sft_dataset(train),
-        eval_dataset=to_sft_dataset(validation) if validation else None,
+        args=SFTConfig(**settings, max_length=cfg.max_length, assistant_only_loss=whole),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=peft_lora_config(cfg),
     )
@@ -186,7 +199,7 @@ def _dpo_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, va
     return DPOTrainer(
         model=model,
         ref_model=None,
-        args=DPOConfig(**settings, beta=cfg.dpo.beta, max_length=1024),
+        args=DPOConfig(**settings, beta=cfg.dpo.beta, max_length=cfg.max_length),
         train_dataset=to_dpo_dataset(train),
         eval_dataset=to_dpo_dataset(validation) if validation else None,
         processing_class=tokenizer,

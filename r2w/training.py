@@ -16,7 +16,7 @@ from pathlib import Path
 
 from r2w.config import DistillConfig
 from r2w.contracts import DistillExample, content_hash
-from r2w.models import READY
+from r2w.models import CHATML_TRAINING_TEMPLATE, READY
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,40 @@ def load_tokenizer(base_model: Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def assistant_masking_tokenizer(tokenizer, conversations: list[list[dict]]):
+    """A copy of the tokenizer whose chat template marks assistant turns for TRL's `assistant_only_loss`.
+
+    Its own template if it has `{% generation %}` markers; else TRL's training variant of it (TRL knows Qwen,
+    Llama 3, Gemma, ...); else r2w's ChatML one (SmolLM2 and the test model). Whichever it is, it must render every
+    training conversation byte-for-byte as the model's own template does, or the student would learn on inputs
+    it never sees at inference: that is checked here and a difference stops the run.
+    """
+    import copy
+
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    own = tokenizer.chat_template
+    if has_generation_markers(own):
+        template = own
+    else:
+        try:
+            template = get_training_chat_template(tokenizer) or own
+        except ValueError:  # a template TRL has no training variant of
+            template = CHATML_TRAINING_TEMPLATE
+    for i, messages in enumerate(conversations):
+        if tokenizer.apply_chat_template(messages, tokenize=False) != tokenizer.apply_chat_template(
+            messages, tokenize=False, chat_template=template
+        ):
+            raise ValueError(
+                f"distill: training conversation {i}: the assistant-masking chat template renders it differently "
+                f"from {getattr(tokenizer, 'name_or_path', 'the model')}'s own template; give the model a chat "
+                "template with {% generation %} markers around assistant turns"
+            )
+    masked = copy.deepcopy(tokenizer)
+    masked.chat_template = template
+    return masked
 
 
 def load_model(path: Path, dtype):

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from r2w.agent_prompt import is_chat_system
 from r2w.config import DistillConfig, R2WConfig
-from r2w.contracts import DistillExample, Episode, Hint, Message, Trajectory, content_hash
+from r2w.contracts import DistillExample, Episode, Hint, Message, Step, Trajectory, content_hash
 from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.distill_data import (
-    HINT_REFERENCE,
     PromptMismatchError,
+    completion_leaks,
+    conversation,
     count_leaks,
     example_hash,
     finalise,
@@ -111,9 +113,14 @@ def build_examples(
     seed: int = 0,
     keep_teacher_context: bool = False,
 ) -> tuple[list[DistillExample], dict[str, int]]:
-    """One hint-free (prompt, action) example per teacher step, leak-checked, deduplicated, capped, split by task."""
+    """Hint-free examples, leak-checked, deduplicated, capped, split by task.
+
+    A text-game or answer step is one (prompt, action) example. A tool-calling episode is one whole
+    conversation (loss on every assistant turn) for SFT; for on-policy distillation, whose rows are
+    states the student samples from, each of its turns is a state like any other step.
+    """
     counts = dict.fromkeys(COUNT_KEYS, 0)
-    counts["not_successful"] = 0
+    counts["not_successful"] = counts["malformed_turns"] = 0
     hint_texts = normalised_hint_texts(active_hints)
     seen: set[str] = set()
     candidates: list[tuple[tuple, DistillExample]] = []
@@ -121,14 +128,21 @@ def build_examples(
         if not traj.episode.success:
             counts["not_successful"] += 1
             continue
+        rows = []
         for step in traj.episode.steps:
             counts["steps_in"] += 1
             prompt, removed = student_prompt(step.prompt, traj.hints_block)
             counts["hint_block_removed"] += removed
+            rows.append((step, prompt))
+        if not keep_teacher_context and is_chat_system(rows[0][1][0].content if rows else None):
+            if example := _conversation_example(traj, rows, hint_texts, cfg, seen, counts):
+                candidates.append(((len(rows), traj.trajectory_id, 0), example))
+            continue
+        for step, prompt in rows:
             if prompt_leaks(prompt, hint_texts, cfg.leakage_fuzzy_ratio):
                 counts["leak_prompt"] += 1
                 continue
-            if HINT_REFERENCE.search(step.action):
+            if completion_leaks(step.action, hint_texts, cfg.leakage_fuzzy_ratio):
                 counts["leak_completion"] += 1
                 continue
             context = traj.hints_block if keep_teacher_context else ""
@@ -157,7 +171,7 @@ def build_dpo_pairs(
     """
     counts = dict.fromkeys(PAIR_COUNT_KEYS, 0)
     counts["not_successful"] = counts["base_successes"] = 0
-    hint_texts = normalised_hint_texts(active_hints)
+    hint_texts, ratio = normalised_hint_texts(active_hints), cfg.leakage_fuzzy_ratio
     failures: dict[str, list[Episode]] = defaultdict(list)
     for episode in base_episodes:
         if episode.success:
@@ -195,7 +209,7 @@ def build_dpo_pairs(
                 diverged = True
                 if prompt_leaks(prompt, hint_texts, cfg.leakage_fuzzy_ratio):
                     counts["leak_prompt"] += 1
-                elif HINT_REFERENCE.search(step.action) or HINT_REFERENCE.search(base_step.action):
+                elif any(completion_leaks(a, hint_texts, ratio) for a in (step.action, base_step.action)):
                     counts["leak_completion"] += 1
                 elif base_step.action in winners[prompt_hash(prompt)]:
                     counts["rejected_also_chosen"] += 1
@@ -205,6 +219,30 @@ def build_dpo_pairs(
                     )
             counts["diverged" if diverged else "no_divergence"] += 1
     return finalise(candidates, cfg, seed, counts), counts
+
+
+def _conversation_example(
+    traj: Trajectory,
+    rows: list[tuple[Step, list[Message]]],
+    hint_texts: list[str],
+    cfg: DistillConfig,
+    seen: set[str],
+    counts: dict[str, int],
+) -> DistillExample | None:
+    """A tool-calling episode as one conversation example, or None (counted) when a turn is malformed or leaks."""
+    if any(step.malformed_tool_call for step, _ in rows):
+        counts["malformed_turns"] += 1  # the agent saw that turn differently from how it wrote it: not a target
+        return None
+    # turns first: a leaky turn is in every later prompt too, but it is a target that leaks
+    if any(completion_leaks(step.action, hint_texts, cfg.leakage_fuzzy_ratio) for step, _ in rows):
+        counts["leak_completion"] += 1
+        return None
+    if any(prompt_leaks(prompt, hint_texts, cfg.leakage_fuzzy_ratio) for _, prompt in rows):
+        counts["leak_prompt"] += 1
+        return None
+    prompt, completion = conversation(traj)
+    example = _unseen_example(traj, prompt, completion, seen, counts)
+    return example.model_copy(update={"loss_on": "assistant_turns"}) if example else None
 
 
 def _unseen_example(

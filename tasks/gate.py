@@ -30,6 +30,8 @@ from evaluation.retention import (
     mean_action_loglik,
     mean_kl,
     mean_nll,
+    play_retention_suites,
+    suite_metrics,
 )
 from r2w.backends.hf import TransformersBackend
 from r2w.caching import expensive_stage
@@ -49,6 +51,7 @@ class EvaluationResult(BaseModel):
     paired_hints_vs_base: dict[str, int] = {}  # base WITH hints vs base, same seeds: the hint-harm gate
     privacy: dict[str, float] = {}  # canary extraction counts (evaluation/canary.py)
     tokens: int = 0  # prompt + completion tokens of every evaluated episode (random: none)
+    retention_scores: list[PolicyScore] = []  # base and student on each evaluate.retention_envs suite
 
     def metrics(self) -> dict[str, float]:
         return {**score_metrics(self.scores), **{f"retention.{k}": v for k, v in self.retention.items()}}
@@ -92,6 +95,8 @@ def evaluate(
         scores.append(score_episodes(BASE_SAMPLED, sampled_eps))
     student_model = logits_model(student_backend, cfg.models.dtype)  # loaded once: retention and canaries share it
     retention = measure_retention(cfg, base_backend, student_model)
+    retention_scores = play_retention_suites(cfg, base_backend, student_backend)
+    retention |= suite_metrics(retention_scores)
     privacy = probe_canaries(cfg, student_backend, student_model)
     episodes = base_eps + hinted_eps + student_eps
     ref = save_records(episodes, Path(cfg.data_path) / "datasets", "eval-episodes", {"config_hash": cfg.hash})
@@ -103,6 +108,7 @@ def evaluate(
         episodes=ref,
         privacy=privacy,
         tokens=sum(e.total_tokens for e in episodes + sampled_eps),
+        retention_scores=retention_scores,
     )
 
 
@@ -177,6 +183,7 @@ def gate(
         leakage,
         privacy=evaluation.privacy,
         hints_vs_base=evaluation.paired_hints_vs_base,
+        retention_scores=evaluation.retention_scores,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report, lineage.model_dump(exclude_defaults=True), break_even=break_even)

@@ -1,7 +1,9 @@
 """In-process transformers backend: used by tests and as the fallback without vLLM.
 
 Valid-action choice is enforced with a token trie in `prefix_allowed_tokens_fn`, so the
-model can only emit one of the given strings followed by end-of-turn.
+model can only emit one of the given strings followed by end-of-turn. A reply's JSON schema (tool calls,
+`agent.constrain_tool_calls`) is enforced by xgrammar's transformers logits processor, the same grammar
+engine vLLM's structured outputs use.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class TransformersBackend:
         self.adapter_path = Path(adapter_path) if adapter_path is not None else None
         self.identity = f"transformers:{Path(model_path).resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}"
 
+    constrains_json = True  # `schemas`: each reply decoded to its JSON schema (xgrammar.contrib.hf)
+
     def close(self) -> None:
         """Nothing to stop: the model lives in this process (the GenerationBackend protocol asks for close)."""
 
@@ -64,20 +68,28 @@ class TransformersBackend:
         prompts: list[list[Message]],
         params: SamplingParams,
         choices: list[list[str]] | None = None,
+        schemas: list[str | None] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
+        if schemas is not None and (len(schemas) != len(prompts) or (choices and any(schemas))):
+            raise ValueError("schemas: one per prompt (or None), and not together with choices")
         texts = [self.render(p) for p in prompts]
         rows = [(i, j) for i in range(len(texts)) for j in range(params.n)]
+        if schemas:  # constrained rows first, so a micro-batch is all constrained or all free
+            rows.sort(key=lambda row: schemas[row[0]] is None)
         outputs: dict[int, Completion] = {}
         self._calls += 1
         torch.manual_seed(params.seed + self.seed * 1_000_003 + self._calls)
         start = 0
         while start < len(rows):
             part = rows[start : start + self.micro_batch]
+            if schemas:
+                part = [r for r in part if (schemas[r[0]] is None) == (schemas[part[0][0]] is None)]
             batch_texts = [texts[i] for i, _ in part]
             batch_choices = [choices[i] for i, _ in part] if choices else None
+            batch_schemas = [schemas[i] for i, _ in part] if schemas and schemas[part[0][0]] else None
             try:
-                gen, prompt_lens = self._generate_batch(batch_texts, params, batch_choices)
+                gen, prompt_lens = self._generate_batch(batch_texts, params, batch_choices, batch_schemas)
             except (torch.OutOfMemoryError, MemoryError):
                 if self.micro_batch == 1:
                     raise
@@ -137,8 +149,25 @@ class TransformersBackend:
             results.append(ChoiceScores(totals, n_prompt, [len(x) for x in ids]))
         return results
 
+    def _grammar(self, schema: str):
+        """The schema compiled for this tokenizer (cached: every turn of a task shares its tools)."""
+        import xgrammar as xgr
+
+        if not hasattr(self, "_grammars"):
+            info = xgr.TokenizerInfo.from_huggingface(
+                self.tokenizer, vocab_size=self.model.config.vocab_size, stop_token_ids=[self.eos_id]
+            )
+            self._compiler, self._grammars = xgr.GrammarCompiler(info), {}
+        if schema not in self._grammars:  # compact JSON: free whitespace would let a weak model pad forever
+            self._grammars[schema] = self._compiler.compile_json_schema(schema, any_whitespace=False)
+        return self._grammars[schema]
+
     def _generate_batch(
-        self, texts: list[str], params: SamplingParams, choices: list[list[str]] | None
+        self,
+        texts: list[str],
+        params: SamplingParams,
+        choices: list[list[str]] | None,
+        schemas: list[str] | None = None,
     ) -> tuple[list[tuple[str, int]], list[int]]:
         tok = self.tokenizer
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
@@ -154,6 +183,12 @@ class TransformersBackend:
                 return tries[batch_id].allowed(input_ids[prompt_len:].tolist(), pad_id)
 
             kwargs["prefix_allowed_tokens_fn"] = allowed
+        if schemas:
+            from transformers import LogitsProcessorList
+            from xgrammar.contrib.hf import LogitsProcessor
+
+            # one matcher per row; a new processor per generate call, as xgrammar requires
+            kwargs["logits_processor"] = LogitsProcessorList([LogitsProcessor([self._grammar(s) for s in schemas])])
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
