@@ -158,7 +158,7 @@ def store_imported(cfg: R2WConfig, episodes: list[Episode], meta: dict, read: in
     """Imported failures, scrubbed (untrusted text) and filed under retrieval categories, as a dataset."""
     episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # untrusted text: scrubbed before it is stored
     episodes, relabelled = retrieval_categories(cfg, episodes)
-    if cfg.env.name == "trace_replay":
+    if cfg.env.name == "trace_replay" and cfg.verify.kind == "env":  # else the configured verifier decides
         require_judgeable(episodes)  # before any stage spends time on tasks no one can verify
     meta = {**meta, "scrubbed": scrubbed, "categories": relabelled}
     ref = save_records(episodes, Path(cfg.data_path) / "datasets", "failures", meta)

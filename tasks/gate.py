@@ -41,6 +41,7 @@ from r2w.costs import BreakEven
 from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.registry import Lineage
 from r2w.rollout import RandomPolicy, agent_policy, play
+from r2w.verifiers import make_verifier, verify_episodes
 
 
 class EvaluationResult(BaseModel):
@@ -57,6 +58,17 @@ class EvaluationResult(BaseModel):
         return {**score_metrics(self.scores), **{f"retention.{k}": v for k, v in self.retention.items()}}
 
 
+def verified(cfg: R2WConfig, episodes: list[Episode]) -> list[Episode]:
+    """Episodes with the configured callable's verdicts (absolute, per episode). A judge ranks attempts of
+    one task against each other, which suits choosing teacher samples, not scoring policies: under
+    `verify.kind: judge` held-out episodes keep the environment's (or the gold data's) verdicts."""
+    verifier = make_verifier(cfg.verify)
+    try:
+        return verify_episodes(verifier, episodes)[0]
+    finally:
+        verifier.close()
+
+
 def evaluate(
     cfg: R2WConfig,
     base_backend,
@@ -69,7 +81,7 @@ def evaluate(
 
     `imported` (the collect stage's failures) are the tasks of `trace_replay`: its held-out test split."""
     failures = load_records(imported, Episode) if imported is not None else None
-    factory = make_environment(cfg.env, failures)
+    factory = make_environment(cfg.env, failures, require_gold=cfg.verify.kind == "env")
     tasks = factory.tasks("test", cfg.evaluate.test_episodes)
 
     def greedy(backend, name: str):
@@ -85,6 +97,10 @@ def evaluate(
     if cfg.evaluate.sampled_baseline:  # the strongest simple baseline may be the base's own sampling
         sampled = agent_policy(cfg, base_backend, BASE_SAMPLED, temperature=cfg.teach.temperature)
         sampled_eps = play(cfg, factory, tasks, sampled, f"evaluate {BASE_SAMPLED}")
+    if cfg.verify.kind == "callable":  # a team's verifier scores held-out episodes as it scored teaching
+        base_eps, hinted_eps, student_eps, random_eps, sampled_eps = (
+            verified(cfg, eps) for eps in (base_eps, hinted_eps, student_eps, random_eps, sampled_eps)
+        )
     scores = [
         score_episodes(RANDOM, random_eps),
         score_episodes(BASE, base_eps),
@@ -200,6 +216,6 @@ def gate(
 
 
 evaluate_task = task(
-    **expensive_stage("evaluate", "models", "env", "agent", "evaluate", "hints", "runtime", "privacy")
+    **expensive_stage("evaluate", "models", "env", "agent", "evaluate", "verify", "hints", "runtime", "privacy")
 )(evaluate)
 gate_task = task(name="gate", cache_policy=NO_CACHE)(gate)

@@ -71,7 +71,7 @@ def teach(
     stage's failures dataset) where the environment restores them, else train tasks from `offset`; kept where
     the configured verifier accepts them (`judge` is the local judge model, default: `backend`)."""
     failures = load_records(imported, Episode) if imported is not None else None
-    factory = make_environment(cfg.env, failures)
+    factory = make_environment(cfg.env, failures, require_gold=cfg.verify.kind == "env")
     tasks, source, not_restored = teach_tasks(cfg, factory, failures, offset)
     policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
     desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"

@@ -141,6 +141,32 @@ def test_replay_without_gold_data_asks_for_a_verifier(shared_data):
         collect_failures(cfg, backend=None)
 
 
+def test_without_gold_a_configured_verifier_decides_the_replay(shared_data, tmp_path):
+    """Issue 23.3 meets 23.2: the sandbox has no verdict of its own for a trace without gold; a team's callable
+    (verify.kind callable) then decides, in teaching and on the held-out replays alike."""
+    from r2w.verifiers import make_verifier, verify_episodes
+    from tasks.gate import verified
+
+    traces, _ = weather_traces("openai", 2, tmp_path / "traces")
+    stored = collect_import(shared_data, traces, None)  # no --outcomes: no gold data
+    verify = {"kind": "callable", "callable": "tests.verifier_fns:says_yes"}
+    cfg = imports_config(shared_data, stored, env={"name": "trace_replay"}, verify=verify)
+    failures = load_records(collect_failures(cfg, backend=None).failures, Episode)  # no config error now
+    assert failures and not any(e.gold for e in failures)
+    factory = make_environment(cfg.env, failures, require_gold=False)
+    tasks = [factory.restore(e) for e in failures]
+    answers = {tasks[0].name: "yes, it rains", tasks[1].name: "no idea"}
+    agent = ReplayingAgent(lambda q: "yes, it rains" if q == failures[0].task else "no idea")
+    played = run_chat_episodes(factory, [(t, 0) for t in tasks], agent, 3)
+    assert {e.verdict_by for e in played} == {"unverified"} and not any(e.success for e in played)
+    judged, _ = verify_episodes(make_verifier(cfg.verify), played)
+    assert [e.success for e in judged] == [answers[t.name].startswith("yes") for t in tasks] == [True, False]
+    assert {e.verdict_by for e in judged} == {"callable:tests.verifier_fns:says_yes"}
+    assert [e.success for e in verified(cfg, played)] == [True, False]  # the gate's held-out scoring
+    with pytest.raises(ConfigError, match="no gold data"):
+        make_environment(cfg.env, failures)  # the environment alone still refuses to guess
+
+
 def test_the_teacher_re_attempts_the_restored_help_desk_task_and_never_a_held_out_one(
     shared_data, tmp_path, tiny_backend
 ):

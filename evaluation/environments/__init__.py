@@ -15,11 +15,12 @@ __all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make
 
 
 def make_environment(
-    cfg: EnvConfig, imported: list[Episode] | None = None
+    cfg: EnvConfig, imported: list[Episode] | None = None, require_gold: bool = True
 ) -> EnvironmentFactory | ChatEnvironmentFactory:
     """The configured environment: a built-in one, or a team's factory named by import path (guarded).
 
-    `imported`: the run's imported failures, the tasks of `trace_replay` (the retrain flow passes them)."""
+    `imported`: the run's imported failures, the tasks of `trace_replay` (the retrain flow passes them);
+    `require_gold=False` when the run has a verifier of its own (`verify.kind` callable | judge)."""
     if ":" in cfg.name:
         return load_chat_environment(cfg.name, cfg.options, cfg.timeout_s)
     if cfg.name == "twx":
@@ -37,7 +38,7 @@ def make_environment(
             raise ConfigError(f"env.options: unknown trace_replay options {unknown} (expected 'test_fraction')")
         if imported is None:
             raise ConfigError("env.name=trace_replay: replays a run's imported failures (collect.source imports)")
-        return TraceReplayFactory(imported, **cfg.options)
+        return TraceReplayFactory(imported, **cfg.options, require_gold=require_gold)
     raise ValueError(
         f"env.name: unknown environment {cfg.name!r} (expected 'twx', 'reasoning_gym', 'bfcl', 'trace_replay' "
         "or 'pkg.mod:Factory')"

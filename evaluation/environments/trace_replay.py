@@ -41,10 +41,13 @@ class Verdict:
 def judge(record: Episode, turns: list[Message]) -> Verdict:
     """Whether a replayed attempt (the agent's assistant turns) solved the imported task.
 
-    The one place replay success is decided: a configured verifier (a team's callable, an LLM judge)
-    plugs in here. Today: the record's gold data. `expected_answer` must equal the final answer (case,
-    spacing and a trailing full stop aside); every call of `expected_tool_calls` must have been made.
+    The environment's own verdict, from the record's gold data: `expected_answer` must equal the final
+    answer (case, spacing and a trailing full stop aside); every call of `expected_tool_calls` must have
+    been made. A record without gold is `unverified` here: a run that allows those has a verifier of its
+    own (`verify.kind` callable or judge, r2w/verifiers.py), applied by the teach stage over these verdicts.
     """
+    if not any(k in record.gold for k in GOLD_KEYS):
+        return Verdict(False, 0.0, "unverified")
     final = turns[-1].content if turns and not turns[-1].tool_calls else ""
     ok = True
     if "expected_answer" in record.gold:
@@ -92,13 +95,14 @@ class TraceReplayFactory:
     kind = "chat"
     name = NAME
 
-    def __init__(self, episodes: list[Episode], test_fraction: float = 0.25) -> None:
+    def __init__(self, episodes: list[Episode], test_fraction: float = 0.25, require_gold: bool = True) -> None:
         if not 0 < test_fraction < 1:
             raise ConfigError(f"env.options.test_fraction: {test_fraction} must be between 0 and 1")
         usable = [e for e in episodes if not e.success and e.steps]
         if not usable:
             raise ConfigError("env.name=trace_replay: no imported failure with recorded steps to replay")
-        require_judgeable(usable)
+        if require_gold:  # else the run's configured verifier decides (verify.kind callable | judge)
+            require_judgeable(usable)
         self.test_fraction = test_fraction
         self.records = {e.episode_id: e for e in usable}
         self.category = "+".join(sorted({e.category for e in usable}))
