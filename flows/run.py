@@ -56,6 +56,7 @@ class RunSummary(BaseModel):
     model_name: str = ""
     report_path: str | None = None
     stage_states: dict[str, str] = {}  # e.g. {"collect": "Cached", "train": "Completed"}
+    workers: dict[str, list[str]] = {}  # per rollout stage: who played it (in-process, or Dask worker address + pid)
     costs: dict[str, StageCost] = {}  # per stage: wall s, CPU s, generated tokens (r2w/costs.py)
     break_even: BreakEven | None = None  # days until the student's saved tokens repay the round
     task_range: str = ""  # rollout rounds: train tasks [a:b) this round used
@@ -84,6 +85,8 @@ class Run:
             state = task(**inputs, return_state=True)
             result = state.result()
         self.summary.stage_states[name] = state.name
+        if getattr(result, "workers", None):  # rollout stages; a cached result names who played it then
+            self.summary.workers[name] = list(result.workers)
         cost.tokens = 0 if state.name == "Cached" else int(getattr(result, "tokens", 0) or 0)
         self.summary.costs[name] = cost
         self.log(cost.metrics(name))

@@ -18,9 +18,10 @@ from r2w.agent_prompt import extract_hints_block
 from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
-from r2w.contracts import Trajectory, content_hash
+from r2w.contracts import TEACHER, Trajectory, content_hash
 from r2w.datasets import DatasetRef, save_records
-from r2w.rollout import HintRetriever, agent_policy, play
+from r2w.rollout import HintRetriever
+from r2w.scaleout import play_agent
 
 
 class TeachResult(BaseModel):
@@ -33,6 +34,7 @@ class TeachResult(BaseModel):
     single_sample_rate: float  # success of sample 0 only: the teacher's one-shot rate
     hint_snapshot: str
     tokens: int = 0  # prompt + completion tokens of every teacher attempt
+    workers: list[str] = []  # who played the attempts: in-process, or Dask workers (runtime.dask_address)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -48,9 +50,10 @@ def teach(
     """Best-of-n hinted attempts on `teach.tasks` train tasks from `offset` (the round's first task)."""
     factory = make_environment(cfg.env)
     tasks = factory.tasks("train", cfg.teach.tasks, offset)
-    policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
     desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"
-    episodes = play(cfg, factory, tasks, policy, desc, samples=cfg.teach.samples, retrieve=retrieve)
+    played = play_agent(cfg, factory, make_environment, tasks, backend, TEACHER, cfg.teach.temperature, desc,
+                        samples=cfg.teach.samples, retrieve=retrieve)  # fmt: skip
+    episodes = played.episodes
     kept = [
         Trajectory(
             trajectory_id="t-" + content_hash(e.episode_id)[:16],
@@ -74,6 +77,7 @@ def teach(
         single_sample_rate=score_episodes("teacher", first).rate,
         hint_snapshot=hint_snapshot,
         tokens=sum(e.total_tokens for e in episodes),
+        workers=played.workers,
     )
 
 

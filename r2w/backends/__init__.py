@@ -15,6 +15,7 @@ from r2w.models import resolve_model_field
 
 __all__ = [
     "AgentBackends",
+    "BackendRecipe",
     "Completion",
     "GenerationBackend",
     "SamplingParams",
@@ -46,6 +47,21 @@ def agent_backends(cfg: R2WConfig) -> AgentBackends:
     return AgentBackends(base_path=base_path, base=base, teacher=teacher)
 
 
+@dataclass(frozen=True)
+class BackendRecipe:
+    """How a backend was built: what a Dask worker rebuilds it from (the weights never travel, this does)."""
+
+    kind: str  # resolved: transformers | vllm | openai (never auto: every worker plays the same engine)
+    model_path: str
+    adapter_path: str | None = None
+    dtype: str = "bfloat16"
+    url: str | None = None
+    seed: int = 0
+
+    def build(self) -> GenerationBackend:
+        return make_backend(self.kind, self.model_path, self.adapter_path, self.dtype, self.url, self.seed)
+
+
 def make_backend(
     kind: str,
     model_path: str | Path,
@@ -61,14 +77,22 @@ def make_backend(
     'vllm': `vllm.LLM` in-process (LoRA adapters via LoRARequest).
     'openai': the server at `url`; without a url, r2w starts a vLLM server on loopback for this model.
     A `url` always means that server, whatever `kind` says (it is how a remote teacher is named).
+    The backend carries its `recipe` (BackendRecipe), so sharded rollouts rebuild it on each worker.
     """
+    if kind == "auto" and url is None:
+        kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
+    backend = _build(kind, model_path, adapter_path, dtype, url, seed)
+    adapter = str(adapter_path) if adapter_path is not None else None
+    backend.recipe = BackendRecipe(kind, str(model_path), adapter, dtype, url, seed)
+    return backend
+
+
+def _build(kind: str, model_path, adapter_path, dtype: str, url: str | None, seed: int) -> GenerationBackend:
     if url is not None:
         if adapter_path is not None:
             raise ValueError(f"models.teacher_url: cannot load the local adapter {adapter_path} into a remote server")
 
         return OpenAIServerBackend(url)
-    if kind == "auto":
-        kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
     if kind == "transformers":
         return TransformersBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
     if kind in ("vllm", "openai") and not _vllm_available():

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import httpx
 
-from r2w.backends.base import Completion, SamplingParams, check_choices
+from r2w.backends.base import Completion, SamplingParams, check_choices, draw_seed
 from r2w.contracts import Message
 
 ChoiceMode = Literal["auto", "trie", "structured", "free"]
@@ -120,7 +120,9 @@ class OpenAIServerBackend:
             raise ServerError(f"{url}: HTTP {response.status_code}: {response.text[:500]}")
         return response.json()
 
-    def request_body(self, messages: list[Message], params: SamplingParams, choices: list[str] | None) -> dict:
+    def request_body(
+        self, messages: list[Message], params: SamplingParams, choices: list[str] | None, index: int = 0
+    ) -> dict:
         greedy = params.temperature <= 0
         body: dict[str, Any] = {
             "model": self.model,
@@ -132,8 +134,8 @@ class OpenAIServerBackend:
         }
         if params.stop:
             body["stop"] = list(params.stop)
-        if self.per_request_seed:
-            body["seed"] = params.seed
+        if self.per_request_seed:  # with a draw key: one seed per (draw, row), so rows of one batch differ
+            body["seed"] = params.seed if params.draw is None else draw_seed(params, 0, 0, index)
         if self.is_vllm:
             body["return_token_ids"] = True  # exact per-sample completion token counts
         if choices and self.choice_mode != "free":
@@ -171,7 +173,7 @@ class OpenAIServerBackend:
         choices: list[list[str]] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
-        bodies = [self.request_body(p, params, choices[i] if choices else None) for i, p in enumerate(prompts)]
+        bodies = [self.request_body(p, params, choices[i] if choices else None, i) for i, p in enumerate(prompts)]
         if len(bodies) <= 1:
             return [self._complete(b, params.n) for b in bodies]
         with ThreadPoolExecutor(max_workers=min(len(bodies), self.max_concurrency)) as pool:
