@@ -223,9 +223,28 @@ def task_runner(address: str):
     return _RUNNERS[address]
 
 
-def workers_of(address: str) -> list[str]:
-    """The addresses of the workers the scheduler at `address` knows now."""
-    return sorted(task_runner(address).client.scheduler_info(n_workers=-1)["workers"])
+def prepare(address: str, recipe: BackendRecipe, torch_threads: int = 1) -> list[str]:
+    """Connect (or start the local cluster), make the Prefect API reachable and build the backend on every worker
+    now, so later batches pay no start-up (benchmarks time rollouts only); returns who is ready."""
+    runner = task_runner(address)
+    with _api_reachable_from_workers(runner):
+        pass
+    return sorted(runner.client.run(_preload, recipe, torch_threads).values())
+
+
+def close_runner(address: str) -> None:
+    """Stop using `address` in this process (a local cluster's workers exit)."""
+    runner = _RUNNERS.pop(address, None)
+    if runner is not None:
+        _close(runner)
+
+
+def _preload(recipe: BackendRecipe, torch_threads: int) -> str:
+    configure_process()
+    with _PLAYING:
+        set_torch_threads(torch_threads)
+        _worker_backend(recipe)
+    return worker_identity()
 
 
 def _close(runner) -> None:
