@@ -106,7 +106,7 @@ def play_agent(
     batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     agent = AgentRecipe(recipe, name, temperature)
     runner = task_runner(address)
-    with _api_reachable_from_workers(runner):
+    with _api_reachable_from_workers(runner), _outside_the_stage_task():
         futures = [
             runner.submit(
                 _batch_task(),
@@ -273,6 +273,20 @@ def _api_reachable_from_workers(runner) -> Iterator[None]:
         )
     with temporary_settings({PREFECT_API_URL: url}):
         yield
+
+
+@contextmanager
+def _outside_the_stage_task() -> Iterator[None]:
+    """Submit as children of the flow run, not of the calling stage task. Why: Prefect serialises the current task
+    run's context, parameters included, into every submitted task; a stage's parameters hold the loaded backend
+    (the weights would travel) and the hint store (its Chroma client cannot be pickled at all)."""
+    from prefect.context import TaskRunContext
+
+    token = TaskRunContext.__var__.set(None)
+    try:
+        yield
+    finally:
+        TaskRunContext.__var__.reset(token)
 
 
 def _ephemeral_api_url() -> str:

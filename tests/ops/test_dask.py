@@ -133,6 +133,9 @@ def test_dask_run_stores_what_one_process_stores(loopback_cluster, tiny_model, t
     # collect 4 episodes, teach 4 tasks x 4 samples, evaluate 3 policies x 4 tasks; batches of 2
     assert len(runs) >= 2 + 8 + 3 * 2
     assert all(r.state and r.state.is_completed() for r in runs)
+    # children of the flow run, not of the stage task: the stage's parameters (the loaded backend, the hint store)
+    # were not serialised into the batches' context, so no model travelled
+    assert all(not r.task_inputs.get("__parents__") for r in runs)
     written = [p for p in loopback_cluster["root"].joinpath("prefect").rglob("*") if p.is_file()]
     written += [p for p in loopback_cluster["root"].joinpath("home").rglob("*") if p.is_file()]
     assert written == [], f"workers wrote local state: {written[:5]}"
