@@ -239,12 +239,13 @@ def close_runner(address: str) -> None:
         _close(runner)
 
 
-def _preload(recipe: BackendRecipe, torch_threads: int) -> str:
+def _preload(recipe: BackendRecipe, torch_threads: int, dask_worker=None) -> str:
+    """Run by `client.run` on every worker (Dask passes `dask_worker`: outside a task, get_worker() has none)."""
     configure_process()
     with _PLAYING:
         set_torch_threads(torch_threads)
         _worker_backend(recipe)
-    return worker_identity()
+    return f"{dask_worker.address} pid {os.getpid()}" if dask_worker is not None else worker_identity()
 
 
 def _close(runner) -> None:
