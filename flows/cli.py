@@ -78,8 +78,16 @@ def run(
         False, help="exit 3 when a student was gated and failed (a run stopped early with a reason exits 0)"
     ),
     stack: bool = typer.Option(False, "--stack", help="run against the servers of `r2w stack up`"),
+    dask_address: str = typer.Option(
+        None,
+        "--dask-address",
+        help="play collect/teach/evaluate rollouts on this Dask scheduler (tcp://HOST:8786), or 'local:N' "
+        "worker processes here (sets runtime.dask_address)",
+    ),
 ) -> None:
     """Run the retrain flow once (ephemeral Prefect unless PREFECT_API_URL is set) and print a summary."""
+    if dask_address:
+        set_ = [*(set_ or []), f"runtime.dask_address={dask_address}"]
     cfg, overrides = _flow_inputs(config, set_)
     if stack:
         import os
@@ -127,6 +135,9 @@ def print_summary(summary) -> None:
         table.add_row("private data scrubbed", ", ".join(f"{k} {v}" for k, v in sorted(summary.scrubbed.items())))
     table.add_row("teacher attempts / trajectories kept", f"{summary.teacher_attempts} / {summary.trajectories_kept}")
     table.add_row("training examples", str(summary.training_examples))
+    for stage, workers in summary.workers.items():
+        if workers != ["in-process"]:
+            table.add_row(f"{stage} played by", ", ".join(workers))
     if summary.stage_states:  # Completed = ran now, Cached = reused a stored result
         table.add_row("stages", ", ".join(f"{stage} {state}" for stage, state in summary.stage_states.items()))
     for policy, text in summary.scores.items():
@@ -683,23 +694,6 @@ def collect_mlflow(
     except ValueError as exc:
         _fail(str(exc))
     _report_import(cfg, episodes, stats, since, until, "collect-mlflow")
-
-
-@collect_app.command("parallel")
-def collect_parallel(
-    shards: int = typer.Option(2, help="Dask worker processes (one shard of the training games each)"),
-    config: str = ConfigOpt,
-    set_: list[str] = SetOpt,
-) -> None:
-    """Roll the base agent out on the training games in parallel through Prefect's Dask task runner."""
-    cfg = _load(config, set_)
-    from flows.parallel_collect import run_parallel_collect
-
-    out = run_parallel_collect(config, {**parse_sets(set_), "data_dir": str(cfg.data_path)}, shards)
-    console.print(
-        f"{out['episodes']['rows']} episodes ({out['failures']['rows']} failures) from workers {out['worker_pids']}:"
-        f" {out['failures']['path']}"
-    )
 
 
 def _report_import(cfg: R2WConfig, episodes, stats, since, until, run_name: str) -> None:

@@ -58,6 +58,7 @@ class RunSummary(BaseModel):
     model_name: str = ""
     report_path: str | None = None
     stage_states: dict[str, str] = {}  # e.g. {"collect": "Cached", "train": "Completed"}
+    workers: dict[str, list[str]] = {}  # per rollout stage: who played it (in-process, or Dask worker address + pid)
     costs: dict[str, StageCost] = {}  # per stage: wall s, CPU s, generated tokens (r2w/costs.py)
     break_even: BreakEven | None = None  # days until the student's saved tokens repay the round
     round: str = ""  # registered | consumed (its range had no failures) | retry (the next round plays it again)
@@ -87,6 +88,8 @@ class Run:
             state = task(**inputs, return_state=True)
             result = state.result()
         self.summary.stage_states[name] = state.name
+        if getattr(result, "workers", None):  # rollout stages; a cached result names who played it then
+            self.summary.workers[name] = list(result.workers)
         cost.tokens = 0 if state.name == "Cached" else int(getattr(result, "tokens", 0) or 0)
         if name in HOSTED_TEACHER_STAGES and self.cfg.models.teacher_url:  # every token of these is the teacher's
             cost.usd = round(cost.tokens * self.cfg.models.teacher_usd_per_1m_tokens / 1e6, 6)

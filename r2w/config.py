@@ -120,9 +120,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_DASK_ADDRESS = re.compile(r"local(:[1-9]\d*)?|(tcp|tls|ucx|inproc|ws|wss)://[^\s/]+")
+
+
 class RuntimeConfig(Section):
     torch_threads: int = Field(1, ge=1, description="1 is 5-10x faster than 2 on a loaded 2-core box")
     seed: int = 0
+    # Where rollouts run, not what they produce: left out of model_dump, so of the config hash and of
+    # stage cache keys (a run resumed on a cluster reuses what it computed in-process, and vice versa).
+    dask_address: str | None = Field(
+        None,
+        exclude=True,
+        description="play the collect/teach/evaluate rollouts on a Dask cluster: 'tcp://HOST:8786', or "
+        "'local' / 'local:N' (N worker processes on this machine); null = in this process (r2w/scaleout.py)",
+    )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value is None or _DASK_ADDRESS.fullmatch(value):
+            return value
+        raise ValueError(f"expected 'local', 'local:N' or a scheduler address like 'tcp://HOST:8786', got {value!r}")
 
 
 class ModelsConfig(Section):
@@ -704,7 +722,8 @@ class R2WConfig(Section):
 
     @property
     def hash(self) -> str:
-        return content_hash(self.model_dump(mode="json"))[:12]
+        """What the config makes happen: not where its data lives (data_dir) or where it runs (dask_address)."""
+        return content_hash(self.model_dump(mode="json", exclude={"data_dir"}))[:12]
 
 
 class ConfigError(ValueError):

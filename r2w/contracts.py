@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
@@ -36,6 +36,25 @@ BASE_SAMPLED = "base-sampled"  # the base model, hint-free, one sample at the te
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Fields that say when or how fast a record was made, not what it is. Dataset content hashes leave them out
+    # (`record_content`), so the same rollouts played twice, or sharded over Dask workers, hash the same.
+    VOLATILE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+
+def record_content(record: BaseModel) -> dict:
+    """The record as JSON without the volatile fields of it or of any record nested in it."""
+    return _without_volatile(record, record.model_dump(mode="json"))
+
+
+def _without_volatile(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        volatile = getattr(type(value), "VOLATILE_FIELDS", frozenset())
+        return {k: _without_volatile(getattr(value, k, None), v) for k, v in dumped.items() if k not in volatile}
+    if isinstance(value, list | tuple) and isinstance(dumped, list) and len(value) == len(dumped):
+        return [_without_volatile(x, d) for x, d in zip(value, dumped, strict=True)]
+    if isinstance(value, dict) and isinstance(dumped, dict):
+        return {k: _without_volatile(value.get(k), v) for k, v in dumped.items()}
+    return dumped
 
 
 class ToolFunction(Record):
@@ -122,6 +141,7 @@ class Episode(Record):
     config_hash: str = ""
     wall_time_s: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
+    VOLATILE_FIELDS: ClassVar[frozenset[str]] = frozenset({"wall_time_s", "created_at"})
     source: str = "rollout"  # rollout | trace-file | mlflow-trace | an importer: openai, otel, langsmith, langfuse
     tools: list[dict] = Field(default_factory=list)  # the tool (function) schemas the agent ran with
     verdict_by: str = ""  # who decided success: env verifier | a team's verifier | judge:<model>

@@ -17,9 +17,18 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from r2w import contracts
-from r2w.contracts import Record, content_hash, utcnow
+from r2w.contracts import Record, content_hash, record_content, utcnow
 
 R = TypeVar("R", bound=Record)
+
+# How a dataset's content hash is computed, recorded in its manifest. 1 (manifests without the key): the full
+# JSON of every record; 2: without volatile fields (when a record was made, how long it took: Record's
+# VOLATILE_FIELDS), so the same records played twice, or sharded over workers, store as one version.
+HASH_SCHEME = 2
+
+
+def _payload(records: list[Record], scheme: int) -> list[dict]:
+    return [record_content(r) if scheme >= 2 else r.model_dump(mode="json") for r in records]
 
 
 class DatasetRef(BaseModel):
@@ -52,8 +61,7 @@ def save_records(records: list[R], root: str | Path, kind: str, meta: dict | Non
     """Store records as a new dataset version (idempotent: same content, same folder)."""
     from datasets import Dataset
 
-    payload = [r.model_dump(mode="json") for r in records]
-    digest = content_hash(payload)
+    digest = content_hash(_payload(records, HASH_SCHEME))
     final = Path(root) / kind / digest[:16]
     ref = DatasetRef(kind=kind, hash=digest, path=str(final), rows=len(records))
     if (final / "manifest.json").is_file():
@@ -71,6 +79,7 @@ def save_records(records: list[R], root: str | Path, kind: str, meta: dict | Non
             "hash": digest,
             "rows": len(records),
             "record_type": type(records[0]).__name__ if records else None,
+            "hash_scheme": HASH_SCHEME,
             "created_at": utcnow().isoformat(),
             "meta": meta or {},
         }
@@ -101,7 +110,7 @@ def verify_dataset(ref: DatasetRef | str | Path) -> str | None:
     if isinstance(ref, DatasetRef) and expected != ref.hash:
         return f"{path}: manifest names {str(expected)[:12]}, expected {ref.short}"
     try:
-        actual = _data_hash(path, manifest.get("record_type"))
+        actual = _data_hash(path, manifest.get("record_type"), manifest.get("hash_scheme", 1))
     except Exception as exc:  # noqa: BLE001 - any unreadable or invalid data means the same: do not trust it
         return f"{path}: unreadable data ({type(exc).__name__}: {str(exc)[:200]})"
     if actual != expected:
@@ -109,14 +118,14 @@ def verify_dataset(ref: DatasetRef | str | Path) -> str | None:
     return None
 
 
-def _data_hash(path: Path, record_type: str | None) -> str:
+def _data_hash(path: Path, record_type: str | None, scheme: int = 1) -> str:
     """The content hash of data.parquet, computed as save_records does (through the record type when known)."""
     import pyarrow.parquet as pq
 
     rows = pq.read_table(path / "data.parquet").column("json").to_pylist()
     model = getattr(contracts, record_type or "", None)
     if isinstance(model, type) and issubclass(model, Record):
-        return content_hash([model.model_validate_json(s).model_dump(mode="json") for s in rows])
+        return content_hash(_payload([model.model_validate_json(s) for s in rows], scheme))
     return content_hash([json.loads(s) for s in rows])
 
 
@@ -139,7 +148,7 @@ def load_records(ref: DatasetRef | str | Path, record_type: type[R]) -> list[R]:
     manifest = json.loads((path / "manifest.json").read_text())
     table = pq.read_table(path / "data.parquet")
     records = [record_type.model_validate_json(s) for s in table.column("json").to_pylist()]
-    actual = content_hash([r.model_dump(mode="json") for r in records])
+    actual = content_hash(_payload(records, manifest.get("hash_scheme", 1)))
     if actual != manifest["hash"]:
         raise ValueError(f"{path}: content hash mismatch (manifest {manifest['hash'][:12]}, data {actual[:12]})")
     return records

@@ -120,7 +120,6 @@ class LLMPolicy:
                 "(set models.backend=transformers)"
             )
         self.selection = selection
-        self._rng = random.Random(params.seed)
         self.answer_params = dataclasses.replace(params, max_tokens=answer_max_tokens or params.max_tokens)
         # Which weights produced an episode: the backend's identity (model path, adapter, dtype, seed).
         self.model_id = backend.identity
@@ -134,12 +133,17 @@ class LLMPolicy:
         decisions: list[Decision | None] = [None] * len(states)
         acting = [i for i, s in enumerate(states) if s.obs.valid_actions]
         answering = [i for i, s in enumerate(states) if not s.obs.valid_actions]
-        for group, params in ((acting, self.params), (answering, self.answer_params)):
+        draw = draw_key(self.params.seed, self.name, states)
+        params_by_group = (
+            dataclasses.replace(self.params, draw=draw),
+            dataclasses.replace(self.answer_params, draw=draw),
+        )
+        for group, params in zip((acting, answering), params_by_group, strict=True):
             if not group:
                 continue
             free = group is answering
             if self.selection == "score" and not free:
-                scored = self._score([states[i] for i in group], [prompts[i] for i in group])
+                scored = self._score([states[i] for i in group], [prompts[i] for i in group], draw)
                 for i, decision in zip(group, scored, strict=True):
                     decisions[i] = decision
                 continue
@@ -159,11 +163,12 @@ class LLMPolicy:
     def act_chat(self, states: list[ChatState]) -> list[Decision]:
         """One assistant turn per live chat episode, parsed: decoded to the tools' JSON schema where the backend can."""
         prompts = [build_chat_messages(s.conversation, s.tools, s.hints_block) for s in states]
+        params = dataclasses.replace(self.answer_params, draw=draw_key(self.params.seed, self.name, states))
         if self.constrain_tools and getattr(self.backend, "constrains_json", False):
             schemas = [json.dumps(reply_schema(s.tools)) if s.tools else None for s in states]
-            completions = self.backend.generate(prompts, self.answer_params, schemas=schemas)
+            completions = self.backend.generate(prompts, params, schemas=schemas)
         else:
-            completions = self.backend.generate(prompts, self.answer_params)
+            completions = self.backend.generate(prompts, params)
         decisions = []
         for state, prompt, c in zip(states, prompts, completions, strict=True):
             parsed = parse_reply(c.texts[0], len(state.steps))
@@ -181,15 +186,16 @@ class LLMPolicy:
             )
         return decisions
 
-    def _score(self, states: list[EpisodeState], prompts: list[list[Message]]) -> list[Decision]:
+    def _score(self, states: list[EpisodeState], prompts: list[list[Message]], draw: int) -> list[Decision]:
         """Action selection by likelihood: argmax when greedy, else a draw with p ~ exp(logp / T)."""
         scored = self.backend.score(prompts, [s.obs.valid_actions for s in states])
+        rng = random.Random(draw)  # this batch's own draw (see draw_key), wherever it is played
         out = []
         for state, prompt, result in zip(states, prompts, scored, strict=True):
             if self.params.temperature > 0:
                 top = max(result.logprobs)
                 weights = [math.exp((lp - top) / self.params.temperature) for lp in result.logprobs]
-                pick = self._rng.choices(range(len(weights)), weights=weights)[0]
+                pick = rng.choices(range(len(weights)), weights=weights)[0]
             else:
                 pick = max(range(len(result.logprobs)), key=result.logprobs.__getitem__)
             action = state.obs.valid_actions[pick]
@@ -203,6 +209,16 @@ class LLMPolicy:
                 )
             )
         return out
+
+
+def draw_key(seed: int, policy: str, states: list[EpisodeState] | list[ChatState]) -> int:
+    """The key of one batched decision's random draws: the run's seed, the policy, the batch's (task, sample)
+    jobs and the step. Not a call counter: the same batch samples the same actions whether it is played in
+    this process after other batches or alone on a Dask worker (r2w/scaleout.py). In lockstep, every live
+    episode of a batch has taken the same number of steps."""
+    jobs = [(s.task.task_id, s.sample_index) for s in states]
+    step = len(states[0].steps) if states else 0
+    return int(content_hash([seed, policy, jobs, step])[:15], 16)
 
 
 class RandomPolicy:
@@ -274,10 +290,49 @@ def hint_provider(retrieve: HintRetriever, k: int) -> HintProvider:
     """One-shot retrieval at episode start, keyed by category and the task + first observation."""
 
     def provide(task: TaskSpec, task_text: str, obs: Observation) -> tuple[list[str], str]:
-        hints: list[Hint] = retrieve(task.category, f"{task_text}\n{obs.text}", k) if k else []
+        hints: list[Hint] = retrieve(task.category, hint_query(task_text, obs.text), k) if k else []
         return [h.hint_id for h in hints], render_hints_block(hints)
 
     return provide
+
+
+def hint_query(task_text: str, first_observation: str) -> str:
+    return f"{task_text}\n{first_observation}"
+
+
+@dataclass(frozen=True)
+class PrefetchedHints:
+    """A HintRetriever that answers from hints retrieved beforehand, keyed by (category, query).
+
+    Why: a batch played on a Dask worker gets its hints from the driver's store (local Chroma or a server)
+    through this table, so a worker opens no hint store, and retrieves exactly what the driver would."""
+
+    table: dict[tuple[str, str], list[Hint]]
+
+    def __call__(self, category: str, query: str, k: int) -> list[Hint]:
+        if (category, query) not in self.table:
+            raise KeyError(f"no hints were prefetched for category {category!r} and the query {query[:80]!r}")
+        return self.table[(category, query)][:k]
+
+
+def prefetch_hints(factory, tasks: list[TaskSpec], retrieve: HintRetriever, k: int) -> PrefetchedHints:
+    """Retrieve now what each task's episodes will retrieve at their start: the query is the task and its first
+    observation, read by resetting an environment on the task, as the runners do (`start` below)."""
+    table: dict[tuple[str, str], list[Hint]] = {}
+    env = factory.make()
+    try:
+        for task in tasks:
+            if getattr(factory, "kind", "text") == "chat":
+                text = ChatState(task, list(env.reset(task).messages), []).task_text
+                query = hint_query(text, text)
+            else:
+                text, obs = env.reset(task)
+                query = hint_query(text, obs.text)
+            if (task.category, query) not in table:
+                table[(task.category, query)] = retrieve(task.category, query, k) if k else []
+    finally:
+        env.close()
+    return PrefetchedHints(table)
 
 
 def play(
@@ -295,10 +350,29 @@ def play(
     With `retrieve`, each episode gets the top `hints.k` hints in its system prompt (the
     base+hints and teacher policies); without it the episode is hint-free.
     """
+    return play_jobs(cfg, factory, jobs_of(tasks, samples), policy, desc, retrieve, batch_size)
+
+
+def jobs_of(tasks: list[TaskSpec], samples: int = 1) -> list[tuple[TaskSpec, int]]:
+    """(task, sample index) in the order episodes are played and stored: each task's samples together."""
+    return [(t, i) for t in tasks for i in range(samples)]
+
+
+def play_jobs(
+    cfg: R2WConfig,
+    factory: EnvironmentFactory,
+    jobs: list[tuple[TaskSpec, int]],
+    policy: Policy,
+    desc: str,
+    retrieve: HintRetriever | None = None,
+    batch_size: int | None = None,
+) -> list[Episode]:
+    """`play` on explicit (task, sample) jobs, in lockstep batches of `batch_size` consecutive jobs (a Dask
+    worker plays one such batch: r2w/scaleout.py)."""
     runner = run_chat_episodes if getattr(factory, "kind", "text") == "chat" else run_episodes
     return runner(
         factory,
-        [(t, i) for t in tasks for i in range(samples)],
+        jobs,
         policy,
         cfg.env.max_steps,
         batch_size or cfg.agent.batch_size,

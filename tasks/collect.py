@@ -22,7 +22,7 @@ from r2w.contracts import Episode, utcnow
 from r2w.datasets import DatasetRef, load_records, record_import, recorded_imports, save_records
 from r2w.importers.files import import_file, load_outcomes
 from r2w.privacy import scrub_episodes
-from r2w.rollout import agent_policy, play
+from r2w.scaleout import IN_PROCESS, Played, play_agent
 from r2w.traces import ImportStats, TraceImportError, import_mlflow_traces, in_window, parse_window
 
 
@@ -33,21 +33,21 @@ class CollectResult(BaseModel):
     n_failures: int
     scrubbed: dict[str, int] = {}  # kind of private data -> matches replaced before storing (r2w/privacy.py)
     tokens: int = 0  # prompt + completion tokens the rollouts generated (imports: 0)
+    workers: list[str] = []  # who played the rollouts: in-process, or Dask workers (runtime.dask_address)
 
     def metrics(self) -> dict[str, float]:
         scrubbed = {f"privacy.scrubbed.{kind}": n for kind, n in self.scrubbed.items()}
         return {"collect.episodes": self.n_episodes, "collect.failures": self.n_failures, **scrubbed}
 
 
-def play_training_games(
-    cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base", shard: int = 0, shards: int = 1
-) -> list[Episode]:
-    """The base agent's rollouts on the train split (every `shards`-th game from `shard`), as configured:
-    `collect.episodes` tasks from `collect.offset` (the retrain flow resolves `auto` first)."""
+def play_training_games(cfg: R2WConfig, backend: GenerationBackend, policy_name: str = "base") -> Played:
+    """The base agent's rollouts on the train split, as configured: `collect.episodes` tasks from
+    `collect.offset` (the retrain flow resolves `auto` first); on Dask workers when runtime.dask_address is set."""
     factory = make_environment(cfg.env)
-    tasks = factory.tasks("train", cfg.collect.episodes, task_offset(cfg))[shard::shards]
-    policy = agent_policy(cfg, backend, policy_name, cfg.collect.temperature)
-    return play(cfg, factory, tasks, policy, desc="collect (base agent)")
+    tasks = factory.tasks("train", cfg.collect.episodes, task_offset(cfg))
+    return play_agent(
+        cfg, factory, make_environment, tasks, backend, policy_name, cfg.collect.temperature, "collect (base agent)"
+    )
 
 
 def task_offset(cfg: R2WConfig) -> int:
@@ -69,13 +69,15 @@ def collect_failures(
         return load_imports(cfg)
     if cfg.collect.source != "rollout":
         return import_failures(cfg)
-    episodes = play_training_games(cfg, backend, policy_name)
-    return store_rollouts(cfg, episodes, {"policy": policy_name})
+    played = play_training_games(cfg, backend, policy_name)
+    return store_rollouts(cfg, played.episodes, {"policy": policy_name}, played.workers)
 
 
-def store_rollouts(cfg: R2WConfig, episodes: list[Episode], meta: dict) -> CollectResult:
+def store_rollouts(
+    cfg: R2WConfig, episodes: list[Episode], meta: dict, workers: list[str] | None = None
+) -> CollectResult:
     """The one save path for rolled-out episodes (in-process or sharded): scrubbed, then stored with
-    their failures as a dataset of their own."""
+    their failures as a dataset of their own. `workers` (who played) stays out of the stored datasets."""
     episodes, scrubbed = scrub_episodes(episodes, cfg.privacy)  # before anything is stored
     failures = [e for e in episodes if not e.success]
     root = Path(cfg.data_path) / "datasets"
@@ -87,6 +89,7 @@ def store_rollouts(cfg: R2WConfig, episodes: list[Episode], meta: dict) -> Colle
         n_failures=len(failures),
         scrubbed=scrubbed,
         tokens=sum(e.total_tokens for e in episodes),
+        workers=workers or [IN_PROCESS],
     )
 
 

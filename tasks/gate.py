@@ -40,7 +40,8 @@ from r2w.contracts import BASE, BASE_HINTS, BASE_SAMPLED, RANDOM, STUDENT, Episo
 from r2w.costs import BreakEven
 from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.registry import Lineage
-from r2w.rollout import RandomPolicy, agent_policy, play
+from r2w.rollout import RandomPolicy, play
+from r2w.scaleout import play_agent
 from r2w.verifiers import make_verifier, verify_episodes
 
 
@@ -53,6 +54,7 @@ class EvaluationResult(BaseModel):
     privacy: dict[str, float] = {}  # canary extraction counts (evaluation/canary.py)
     tokens: int = 0  # prompt + completion tokens of every evaluated episode (random: none)
     retention_scores: list[PolicyScore] = []  # base and student on each evaluate.retention_envs suite
+    workers: list[str] = []  # who played the agents' episodes: in-process, or Dask workers (runtime.dask_address)
 
     def metrics(self) -> dict[str, float]:
         return {**score_metrics(self.scores), **{f"retention.{k}": v for k, v in self.retention.items()}}
@@ -83,20 +85,23 @@ def evaluate(
     failures = load_records(imported, Episode) if imported is not None else None
     factory = make_environment(cfg.env, failures, require_gold=cfg.verify.kind == "env")
     tasks = factory.tasks("test", cfg.evaluate.test_episodes)
+    workers: set[str] = set()
 
-    def greedy(backend, name: str):
-        return agent_policy(cfg, backend, name, temperature=0.0)
+    def agent(backend, name: str, temperature: float = 0.0, retrieve=None) -> list[Episode]:
+        """The agent as `name` on the test tasks: here, or on Dask workers (runtime.dask_address)."""
+        played = play_agent(cfg, factory, make_environment, tasks, backend, name, temperature, f"evaluate {name}",
+                            retrieve=retrieve)  # fmt: skip
+        workers.update(played.workers)
+        return played.episodes
 
-    base_eps = play(cfg, factory, tasks, greedy(base_backend, BASE), f"evaluate {BASE}")
-    hinted = greedy(base_backend, BASE_HINTS)
-    hinted_eps = play(cfg, factory, tasks, hinted, f"evaluate {BASE_HINTS}", retrieve=retrieve)
-    student_eps = play(cfg, factory, tasks, greedy(student_backend, STUDENT), f"evaluate {STUDENT}")
+    base_eps = agent(base_backend, BASE)
+    hinted_eps = agent(base_backend, BASE_HINTS, retrieve=retrieve)
+    student_eps = agent(student_backend, STUDENT)
     random_tasks = factory.tasks("test", cfg.evaluate.random_episodes)
     random_eps = play(cfg, factory, random_tasks, RandomPolicy(cfg.runtime.seed), RANDOM, batch_size=32)
     sampled_eps: list[Episode] = []
     if cfg.evaluate.sampled_baseline:  # the strongest simple baseline may be the base's own sampling
-        sampled = agent_policy(cfg, base_backend, BASE_SAMPLED, temperature=cfg.teach.temperature)
-        sampled_eps = play(cfg, factory, tasks, sampled, f"evaluate {BASE_SAMPLED}")
+        sampled_eps = agent(base_backend, BASE_SAMPLED, temperature=cfg.teach.temperature)
     if cfg.verify.kind == "callable":  # a team's verifier scores held-out episodes as it scored teaching
         base_eps, hinted_eps, student_eps, random_eps, sampled_eps = (
             verified(cfg, eps) for eps in (base_eps, hinted_eps, student_eps, random_eps, sampled_eps)
@@ -125,6 +130,7 @@ def evaluate(
         privacy=privacy,
         tokens=sum(e.total_tokens for e in episodes + sampled_eps),
         retention_scores=retention_scores,
+        workers=sorted(workers),
     )
 
 

@@ -25,10 +25,11 @@ from r2w.agent_prompt import extract_hints_block
 from r2w.backends import GenerationBackend
 from r2w.caching import expensive_stage
 from r2w.config import R2WConfig
-from r2w.contracts import Episode, Trajectory, content_hash
+from r2w.contracts import TEACHER, Episode, Trajectory, content_hash
 from r2w.datasets import DatasetRef, load_records, save_records
 from r2w.environment import TaskSpec
-from r2w.rollout import HintRetriever, agent_policy, play
+from r2w.rollout import HintRetriever
+from r2w.scaleout import play_agent
 from r2w.verifiers import make_verifier, verify_episodes
 
 
@@ -46,6 +47,7 @@ class TeachResult(BaseModel):
     verify_malformed: int = 0  # tasks whose judge reply did not parse (none of their attempts kept)
     task_source: str = "env"  # env: the environment's train tasks; imports: the imported failures' own tasks
     not_restored: int = 0  # imported failures whose task the environment could not restore (or held out)
+    workers: list[str] = []  # who played the attempts: in-process, or Dask workers (runtime.dask_address)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -73,12 +75,12 @@ def teach(
     failures = load_records(imported, Episode) if imported is not None else None
     factory = make_environment(cfg.env, failures, require_gold=cfg.verify.kind == "env")
     tasks, source, not_restored = teach_tasks(cfg, factory, failures, offset)
-    policy = agent_policy(cfg, backend, "teacher", cfg.teach.temperature)
     desc = f"teach (best-of-{cfg.teach.samples}, hints k={cfg.hints.k})"
-    episodes = play(cfg, factory, tasks, policy, desc, samples=cfg.teach.samples, retrieve=retrieve)
+    played = play_agent(cfg, factory, make_environment, tasks, backend, TEACHER, cfg.teach.temperature, desc,
+                        samples=cfg.teach.samples, retrieve=retrieve)  # fmt: skip
     verifier = make_verifier(cfg.verify, judge or backend)
     try:
-        episodes, _ = verify_episodes(verifier, episodes)
+        episodes, _ = verify_episodes(verifier, played.episodes)
     finally:
         verifier.close()
     kept = [
@@ -108,6 +110,7 @@ def teach(
         verify_malformed=verifier.malformed,
         task_source=source,
         not_restored=not_restored,
+        workers=played.workers,
     )
 
 

@@ -88,11 +88,13 @@ def test_score_selection_picks_the_likeliest_valid_action(tiny_backend):
         [scored] = tiny_backend.score([step.prompt], [step.valid_actions])
         best = max(range(len(step.valid_actions)), key=scored.logprobs.__getitem__)
         assert step.action == step.valid_actions[best] and step.completion_tokens == scored.choice_tokens[best]
-    # sampling draws in proportion to likelihood: over many draws, more than one action comes up
+    # sampling draws in proportion to likelihood: over many samples, more than one action comes up; a draw is
+    # keyed by the batch's jobs and step (rollout.draw_key), so the same sample of a task draws the same action
     sampled = LLMPolicy(tiny_backend, "tiny", SamplingParams(temperature=5.0, seed=1), selection="score")
     env = factory.make()
     text, obs = env.reset(tasks[0])
-    picks = {sampled.act([EpisodeState(tasks[0], text, obs)])[0].action for _ in range(12)}
-    assert len(picks) > 1 and picks <= set(obs.valid_actions)
+    picks = [sampled.act([EpisodeState(tasks[0], text, obs, sample_index=i)])[0].action for i in range(12)]
+    assert len(set(picks)) > 1 and set(picks) <= set(obs.valid_actions)
+    assert picks[3] == sampled.act([EpisodeState(tasks[0], text, obs, sample_index=3)])[0].action
     with pytest.raises(ValueError, match="action_selection"):
         LLMPolicy(tiny_backend, "tiny", SamplingParams(), selection="vote")

@@ -99,14 +99,17 @@ def _ask(backend: OpenAIServerBackend) -> str:
     return backend.generate([messages], SamplingParams(max_tokens=4))[0].texts[0]
 
 
-def test_rate_limited_requests_are_retried_with_the_key_as_bearer_only(server):
+def test_rate_limited_requests_are_retried_with_the_key_as_bearer_only(server, monkeypatch):
     server.fail_first = 2  # two 429s, then an answer
-    backend = make_backend("transformers", "unused", url=server.url, server_model="big-teacher", api_key=PLANTED_KEY)
+    monkeypatch.setenv("R2W_TEST_TEACHER_KEY", PLANTED_KEY)
+    backend = make_backend(
+        "transformers", "unused", url=server.url, server_model="big-teacher", api_key_env="R2W_TEST_TEACHER_KEY"
+    )
     assert _ask(backend) == "look around"
     assert len(server.requests) == 3  # 2 retried 429s + the answer
     assert {r["auth"] for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
     assert {r["body"]["model"] for r in server.requests} == {"big-teacher"}  # the configured name, not a guess
-    assert PLANTED_KEY not in backend.identity
+    assert PLANTED_KEY not in backend.identity and PLANTED_KEY not in repr(backend.recipe)  # recipes go to workers
 
 
 def test_the_last_failed_retry_raises_a_clear_error_without_the_key():

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ from r2w.contracts import Episode
 from r2w.datasets import write_json_atomically
 from r2w.environment import EnvironmentFactory, TaskSpec
 from r2w.models import resolve_model
+from r2w.precision import cpu_flags
 from r2w.runtime import configure_environment, set_torch_threads
 
 T = TypeVar("T")
@@ -159,6 +162,30 @@ def run_half(module: str, argv: list[str], env: Mapping[str, str] | None = None)
     if out.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(argv)} failed (exit {out.returncode}):\n{out.stderr[-12000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- the machine
+
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")  # what CPU speed hinges on
+
+
+def cpu_name() -> str:
+    """The CPU's model name (lscpu), or what the platform says."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+
+
+def machine() -> dict:
+    """What a speed figure is printed beside: CPU model, the flags speed depends on, cores, load average."""
+    return {
+        "cpu": cpu_name(),
+        "flags": [f for f in SPEED_FLAGS if f in cpu_flags()],
+        "cores": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -10,9 +10,6 @@ speed depends on them), failures, teacher samples verified, each policy's held-o
 
 from __future__ import annotations
 
-import platform
-import subprocess
-
 from evaluation.benchmarks import common
 from evaluation.benchmarks.experiment_log import experiment_rows
 from r2w.config import load_config, parse_sets
@@ -20,14 +17,6 @@ from r2w.precision import NATIVE_BF16_FLAGS, cpu_flags
 from r2w.tracking import client_for
 
 POLICIES = ("student", "random", "base", "base-sampled", "base_hints")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def paragraph(config: str, overrides: dict | None = None) -> str:
@@ -50,7 +39,7 @@ def paragraph(config: str, overrides: dict | None = None) -> str:
     version = last["registered_version"]
     registered = f", `{cfg.registry.model_name}` v{version} registered as `challenger`." if version else "."
     return (
-        f"Run `{last['run'][:8]}` ({minutes:.1f} min of pipeline, install excluded, on {cpu_name()}, "
+        f"Run `{last['run'][:8]}` ({minutes:.1f} min of pipeline, install excluded, on {common.cpu_name()}, "
         f"{', '.join(native)}, dtype {run.data.params.get('models.dtype', '?')}): "
         f"{m.get('collect.failures', 0):.0f}/{m.get('collect.episodes', 0):.0f} failures collected, "
         f"{m.get('teach.kept', 0):.0f} of {m.get('teach.attempts', 0):.0f} teacher samples verified. Held-out, "

@@ -16,6 +16,7 @@ from r2w.models import resolve_model_field
 
 __all__ = [
     "AgentBackends",
+    "BackendRecipe",
     "Completion",
     "GenerationBackend",
     "SamplingParams",
@@ -57,10 +58,31 @@ def agent_backends(cfg: R2WConfig) -> AgentBackends:
             url=m.teacher_url,
             seed=cfg.runtime.seed,
             server_model=m.teacher_model,
-            api_key=api_key("models.teacher_api_key_env", m.teacher_api_key_env) if m.teacher_url else None,
+            api_key_env=m.teacher_api_key_env,
             max_retries=m.max_retries,
         )
     return AgentBackends(base_path=base_path, base=base, teacher=teacher)
+
+
+@dataclass(frozen=True)
+class BackendRecipe:
+    """How a backend was built: what a Dask worker rebuilds it from (the weights never travel, this does)."""
+
+    kind: str  # resolved: transformers | vllm | openai (never auto: every worker plays the same engine)
+    model_path: str
+    adapter_path: str | None = None
+    dtype: str = "bfloat16"
+    url: str | None = None
+    seed: int = 0
+    server_model: str | None = None
+    api_key_env: str | None = None  # the variable's name: each worker reads the key from its own environment
+    max_retries: int = 5
+
+    def build(self) -> GenerationBackend:
+        return make_backend(
+            self.kind, self.model_path, self.adapter_path, self.dtype, self.url, self.seed,
+            self.server_model, self.api_key_env, self.max_retries,
+        )  # fmt: skip
 
 
 def make_backend(
@@ -71,7 +93,7 @@ def make_backend(
     url: str | None = None,
     seed: int = 0,
     server_model: str | None = None,
-    api_key: str | None = None,
+    api_key_env: str | None = None,
     max_retries: int = 5,
 ) -> GenerationBackend:
     """Build the configured backend.
@@ -81,16 +103,38 @@ def make_backend(
     'vllm': `vllm.LLM` in-process (LoRA adapters via LoRARequest).
     'openai': the server at `url`; without a url, r2w starts a vLLM server on loopback for this model.
     A `url` always means that server, whatever `kind` says (it is how a remote teacher is named):
-    `server_model` is the model name asked for there, `api_key` its key (from the environment,
-    r2w/credentials.py), `max_retries` the bound on retried 429/5xx answers.
+    `server_model` is the model name asked for there, `api_key_env` the NAME of the environment variable
+    holding its key (read where the backend is built, r2w/credentials.py: the key itself never travels),
+    `max_retries` the bound on retried 429/5xx answers. The backend carries its `recipe` (BackendRecipe),
+    so sharded rollouts rebuild it on each worker.
     """
+    if kind == "auto" and url is None:
+        kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
+    backend = _build(kind, model_path, adapter_path, dtype, url, seed, server_model, api_key_env, max_retries)
+    adapter = str(adapter_path) if adapter_path is not None else None
+    backend.recipe = BackendRecipe(
+        kind, str(model_path), adapter, dtype, url, seed, server_model, api_key_env, max_retries
+    )
+    return backend
+
+
+def _build(
+    kind: str,
+    model_path,
+    adapter_path,
+    dtype: str,
+    url: str | None,
+    seed: int,
+    server_model: str | None = None,
+    api_key_env: str | None = None,
+    max_retries: int = 5,
+) -> GenerationBackend:
     if url is not None:
         if adapter_path is not None:
             raise ValueError(f"models.teacher_url: cannot load the local adapter {adapter_path} into a remote server")
 
-        return OpenAIServerBackend(url, model=server_model, api_key=api_key, max_retries=max_retries)
-    if kind == "auto":
-        kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
+        key = api_key("models.teacher_api_key_env", api_key_env)
+        return OpenAIServerBackend(url, model=server_model, api_key=key, max_retries=max_retries)
     if kind == "transformers":
         return TransformersBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
     if kind in ("vllm", "openai") and not _vllm_available():

@@ -8,6 +8,7 @@ under the same action mapping.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +24,16 @@ class SamplingParams:
     max_tokens: int = 16
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # The key of this call's random draws (r2w.rollout sets it from the batch's tasks, samples and step). When set,
+    # the draws depend on (seed, backend seed, draw) only, never on how many calls came before: a batch played
+    # on a Dask worker samples what it samples in one process. None: a per-call counter (repeated calls differ).
+    draw: int | None = None
+
+
+def draw_seed(params: SamplingParams, backend_seed: int, calls: int, index: int = 0) -> int:
+    """A 32-bit seed for one call (and row `index`): from the draw key when set, else from the call counter."""
+    key = f"{params.seed}:{backend_seed}:{'d' + str(params.draw) if params.draw is not None else calls}:{index}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from r2w.backends.base import ChoiceScores, Completion, SamplingParams, check_choices
+from r2w.backends.base import ChoiceScores, Completion, SamplingParams, check_choices, draw_seed
 from r2w.contracts import Message
 
 MICRO_BATCH = 32
@@ -79,7 +79,10 @@ class TransformersBackend:
             rows.sort(key=lambda row: schemas[row[0]] is None)
         outputs: dict[int, Completion] = {}
         self._calls += 1
-        torch.manual_seed(params.seed + self.seed * 1_000_003 + self._calls)
+        if params.draw is None:
+            torch.manual_seed(params.seed + self.seed * 1_000_003 + self._calls)
+        else:  # the batch's own draw: the same samples wherever and after whatever this batch is played
+            torch.manual_seed(draw_seed(params, self.seed, self._calls))
         start = 0
         while start < len(rows):
             part = rows[start : start + self.micro_batch]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from r2w.backends.base import Completion, SamplingParams, check_choices
+from r2w.backends.base import Completion, SamplingParams, check_choices, draw_seed
 from r2w.contracts import Message
 from r2w.credentials import redact
 
@@ -180,7 +180,9 @@ class OpenAIServerBackend:
         text = redact(response.text[:500], self._api_key)
         return f"{url}: HTTP {response.status_code} ({note}): {text}"
 
-    def request_body(self, messages: list[Message], params: SamplingParams, choices: list[str] | None) -> dict:
+    def request_body(
+        self, messages: list[Message], params: SamplingParams, choices: list[str] | None, index: int = 0
+    ) -> dict:
         greedy = params.temperature <= 0
         body: dict[str, Any] = {
             "model": self.model,
@@ -192,8 +194,8 @@ class OpenAIServerBackend:
         }
         if params.stop:
             body["stop"] = list(params.stop)
-        if self.per_request_seed:
-            body["seed"] = params.seed
+        if self.per_request_seed:  # with a draw key: one seed per (draw, row), so rows of one batch differ
+            body["seed"] = params.seed if params.draw is None else draw_seed(params, 0, 0, index)
         if self.is_vllm:
             body["return_token_ids"] = True  # exact per-sample completion token counts
         if choices and self.choice_mode != "free":
@@ -224,7 +226,7 @@ class OpenAIServerBackend:
         choices: list[list[str]] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
-        bodies = [self.request_body(p, params, choices[i] if choices else None) for i, p in enumerate(prompts)]
+        bodies = [self.request_body(p, params, choices[i] if choices else None, i) for i, p in enumerate(prompts)]
         if len(bodies) <= 1:
             return [self._complete(b, params.n) for b in bodies]
         with ThreadPoolExecutor(max_workers=min(len(bodies), self.max_concurrency)) as pool:

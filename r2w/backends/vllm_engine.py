@@ -15,12 +15,11 @@ that the next engine stops them if this process dies without closing it (`r2w.ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-from r2w.backends.base import Completion, SamplingParams, check_choices
+from r2w.backends.base import Completion, SamplingParams, check_choices, draw_seed
 from r2w.backends.hf import adapter_ref
 from r2w.backends.orphans import descendants, forget, reap_orphans, record_started
 from r2w.contracts import Message
@@ -153,8 +152,7 @@ class VLLMEngineBackend:
 
     def _request_seed(self, params: SamplingParams, index: int) -> int:
         """A distinct reproducible seed per (engine seed, call, prompt) where per-request seeds work (GPU)."""
-        key = f"{params.seed}:{self.seed}:{self._calls}:{index}".encode()
-        return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+        return draw_seed(params, self.seed, self._calls, index)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
