@@ -165,6 +165,34 @@ def _with_method(cfg: DistillConfig, method: str) -> DistillConfig:
     return DistillConfig.model_validate({**cfg.model_dump(), "method": method})  # validated: batch vs samples
 
 
+def n_tokens(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> int:
+    """Tokens of `messages` under the chat template (transformers 5 returns a BatchEncoding unless told not to)."""
+    ids = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+    )
+    return len(ids)
+
+
+def require_a_trainable_row(tokenizer, rows: list[list[dict]], max_length: int) -> None:
+    """TRL cuts conversations at `max_length` and drops those left with no assistant token (no loss); if that
+    leaves nothing, say why before TRL fails on an empty dataset. A row is lost when the text before its first
+    assistant turn (system prompt with the tools, user turns) already fills `max_length`."""
+    starts = []
+    for row in rows:
+        first = next((i for i, m in enumerate(row) if m["role"] == "assistant"), len(row))
+        starts.append(n_tokens(tokenizer, row[:first], add_generation_prompt=True))
+    kept = sum(n < max_length for n in starts)
+    if starts and kept == 0:
+        raise ValueError(
+            f"distill.max_length={max_length}: every one of the {len(rows)} training conversations has its first "
+            f"assistant turn after that many tokens (the shortest prompt before it is {min(starts)} tokens, mostly "
+            "the tools block), so none would carry any loss; raise distill.max_length (up to the model's context)"
+        )
+    if kept < len(starts):
+        log.warning("%d of %d conversations start their first assistant turn after distill.max_length=%d tokens: "
+                    "they carry no loss and TRL drops them", len(starts) - kept, len(starts), max_length)  # fmt: skip
+
+
 def _sft_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, validation):
     """SFT on the teacher's turns only. One-decision rows: TRL masks the prompt of prompt/completion rows. Whole
     tool-calling conversations: `messages` rows with `assistant_only_loss`, which masks everything but the assistant
@@ -178,9 +206,10 @@ def _sft_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, va
     if whole:
         rows = list(train_set["messages"]) + (list(eval_set["messages"]) if eval_set is not None else [])
         tokenizer = assistant_masking_tokenizer(tokenizer, rows)
-        if over := sum(len(tokenizer.apply_chat_template(r, tokenize=True)) > cfg.max_length for r in rows):
+        if over := sum(n_tokens(tokenizer, r) > cfg.max_length for r in rows):
             log.warning("%d of %d conversations exceed distill.max_length=%d: their last turns are cut", over,
                         len(rows), cfg.max_length)  # fmt: skip
+        require_a_trainable_row(tokenizer, list(train_set["messages"]), cfg.max_length)
     return SFTTrainer(
         model=model,
         args=SFTConfig(**settings, max_length=cfg.max_length, assistant_only_loss=whole),
