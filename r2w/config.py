@@ -325,6 +325,11 @@ class ExtractorConfig(Section):
         description="compiled extractor JSON from `r2w hints optimize` (path), or `latest` (the newest the "
         "optimize flow made under <data_dir>/prompts; none yet: the plain program); null = the plain program",
     )
+    constrain_format: bool = Field(
+        True,
+        description="local extractor: decode each reply to 1-4 `WHEN <condition>: <imperative>` lines (a JSON "
+        "schema, xgrammar) where the backend can; the 135M model writes none unconstrained (RESULTS 3.11)",
+    )
     mode: Literal["contrastive", "single"] = Field(
         "contrastive",
         description="contrastive: show each failure next to a verified success of the same or a similar task "

@@ -7,6 +7,7 @@ same `GenerationBackend` the rollouts use (no second copy of the model in memory
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,12 +24,29 @@ if TYPE_CHECKING:  # dspy reads its cache settings at import: import it only aft
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
 
 
-class BackendEngine:
-    """A DSPy engine that answers each request with one `GenerationBackend.generate` call."""
+# A lesson line as the hint parser and screen expect it (prompts/hints.py), short enough for hints.max_chars.
+HINT_LINE = r"^WHEN [^:\n]{3,70}: [^\n]{3,110}$"
 
-    def __init__(self, backend: GenerationBackend, default_max_tokens: int = 160) -> None:
+
+def hint_lines_schema(field: str = "hints", most: int = 4) -> dict:
+    """JSON schema of 1..`most` lesson lines: decoding to it makes a weak model's reply parse, whatever it says."""
+    line = {"type": "string", "pattern": HINT_LINE}
+    items = {"type": "array", "items": line, "minItems": 1, "maxItems": most}
+    return {"type": "object", "properties": {field: items}, "required": [field], "additionalProperties": False}
+
+
+class BackendEngine:
+    """A DSPy engine that answers each request with one `GenerationBackend.generate` call.
+
+    `constrain_field`: decode the reply to `hint_lines_schema` (xgrammar, on backends that decode to JSON
+    schemas) and hand it to DSPy in its chat adapter's field format. Why: the 135M model never wrote a parseable
+    `WHEN ...: ...` line unconstrained (RESULTS 3.11); this fixes the format, not the content.
+    """
+
+    def __init__(self, backend: GenerationBackend, default_max_tokens: int = 160, constrain_field: str = "") -> None:
         self.backend = backend
         self.default_max_tokens = default_max_tokens
+        self.constrain_field = constrain_field if getattr(backend, "constrains_json", False) else ""
 
     def complete(self, request: Request) -> Response:
         from dspy.clients.engines.base import validate_request
@@ -46,8 +64,13 @@ class BackendEngine:
             seed=cfg.seed or 0,
             stop=tuple(cfg.stop),
         )
-        completion = self.backend.generate([request_messages(request)], params)[0]
-        text, stopped = _apply_stop(completion.texts[0], cfg.stop)
+        if self.constrain_field:
+            schema = json.dumps(hint_lines_schema(self.constrain_field))
+            completion = self.backend.generate([request_messages(request)], params, schemas=[schema])[0]
+            text, stopped = as_adapter_fields(completion.texts[0], self.constrain_field), True
+        else:
+            completion = self.backend.generate([request_messages(request)], params)[0]
+            text, stopped = _apply_stop(completion.texts[0], cfg.stop)
         n_out = completion.completion_tokens[0] if completion.completion_tokens else 0
         finish = "stop" if stopped or n_out < max_tokens else "length"
         return Response(
@@ -65,6 +88,15 @@ class BackendEngine:
 
     def close(self) -> None:
         """The backend is borrowed: its owner closes it."""
+
+
+def as_adapter_fields(reply: str, field: str) -> str:
+    """A schema-decoded JSON reply as DSPy's chat adapter writes fields; a reply cut short stays as it is."""
+    try:
+        lines = json.loads(reply)[field]
+    except (ValueError, KeyError, TypeError):
+        return reply
+    return f"[[ ## {field} ## ]]\n" + "\n".join(str(line) for line in lines) + "\n\n[[ ## completed ## ]]"
 
 
 def request_messages(request: Request) -> list[Message]:
@@ -121,5 +153,6 @@ def make_extractor_lm(
         )
     if backend is None:
         raise ValueError("hints.extractor.lm is 'local' but no generation backend was given")
-    engine = BackendEngine(backend, default_max_tokens=cfg.max_tokens)
-    return dspy.LM(f"local/{model_name}", engine=engine, max_tokens=cfg.max_tokens, temperature=0.0)
+    engine = BackendEngine(backend, cfg.max_tokens, "hints" if cfg.constrain_format else "")
+    name = f"{model_name}+lines" if engine.constrain_field else model_name  # DSPy's cache: other decoding, other key
+    return dspy.LM(f"local/{name}", engine=engine, max_tokens=cfg.max_tokens, temperature=0.0)
