@@ -331,9 +331,11 @@ class RecordingBackend:
         self.backend, self.prompts, self.texts = backend, [], []
         self.name, self.identity = backend.name, backend.identity
         self.model_path, self.adapter_path = backend.model_path, backend.adapter_path
+        self.constrains_json = getattr(backend, "constrains_json", False)
 
-    def generate(self, prompts, params: SamplingParams, choices=None) -> list[Completion]:
-        out = self.backend.generate(prompts, params, choices=choices)
+    def generate(self, prompts, params: SamplingParams, choices=None, schemas=None) -> list[Completion]:
+        kwargs = {"schemas": schemas} if schemas else {}
+        out = self.backend.generate(prompts, params, choices=choices, **kwargs)
         self.prompts += prompts
         self.texts += [c.texts[0] for c in out]
         return out
@@ -365,6 +367,24 @@ def test_extract_with_tiny_model(tmp_path: Path, tiny_backend) -> None:
     for hint in hints:
         assert hint.provenance.run_ids == ["run-t"] and hint.source == "extracted"
         assert hint.extractor.endswith("+contrast") == (hint.provenance.episode_ids == ["ep-0"])
+
+
+def test_constrained_local_extractor_always_writes_parseable_lines(tmp_path: Path, tiny_backend) -> None:
+    """RESULTS 3.11: unconstrained, a weak model writes no `WHEN ...: ...` line; decoded to the lines schema
+    (xgrammar), every reply parses, so what is left to judge is content (screen, uplift), not format."""
+    failures = [failed_episode(i) for i in range(2)]
+    outcomes = {}
+    for constrain in (False, True):
+        backend = RecordingBackend(tiny_backend)
+        cfg = ExtractorConfig(max_tokens=120, constrain_format=constrain)
+        lm = make_extractor_lm(cfg, backend, "tiny-lines", cache_dir=tmp_path / f"dspy-{constrain}")
+        hints, rejected = extract_hints(failures, lm, max_chars=200, extractor_id="tiny", run_id="run-c")
+        outcomes[constrain] = (hints, rejected, backend.texts)
+    hints, rejected, texts = outcomes[True]
+    assert texts and all(t.startswith('{"hints": ["WHEN ') for t in texts), texts  # decoded to the lines schema
+    assert "no WHEN clause" not in rejected, rejected  # cut replies keep their complete lines
+    _, loose_rejected, loose_texts = outcomes[False]
+    assert not any("WHEN " in t for t in loose_texts), loose_texts  # the random model, unconstrained
 
 
 def test_contrast_prompt_shows_both_trajectories_and_the_divergence(tmp_path: Path) -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import json_repair
 
 from r2w.backends.base import GenerationBackend, SamplingParams
 from r2w.config import ExtractorConfig
@@ -91,12 +94,16 @@ class BackendEngine:
 
 
 def as_adapter_fields(reply: str, field: str) -> str:
-    """A schema-decoded JSON reply as DSPy's chat adapter writes fields; a reply cut short stays as it is."""
+    """A schema-decoded JSON reply as DSPy's chat adapter writes fields. A reply cut at max_tokens is repaired
+    (json_repair, a maintained library) and keeps only its complete lines; with none, it stays as it is."""
     try:
-        lines = json.loads(reply)[field]
+        lines = json_repair.loads(reply)[field]
     except (ValueError, KeyError, TypeError):
         return reply
-    return f"[[ ## {field} ## ]]\n" + "\n".join(str(line) for line in lines) + "\n\n[[ ## completed ## ]]"
+    whole = [line for line in lines if isinstance(line, str) and re.fullmatch(HINT_LINE, line)]
+    if not whole:
+        return reply
+    return f"[[ ## {field} ## ]]\n" + "\n".join(whole) + "\n\n[[ ## completed ## ]]"
 
 
 def request_messages(request: Request) -> list[Message]:
