@@ -326,7 +326,7 @@ class ExtractorConfig(Section):
         "optimize flow made under <data_dir>/prompts; none yet: the plain program); null = the plain program",
     )
     constrain_format: bool = Field(
-        True,
+        False,
         description="local extractor: decode each reply to 1-4 `WHEN <condition>: <imperative>` lines (a JSON "
         "schema, xgrammar) where the backend can; the 135M model writes none unconstrained (RESULTS 3.11)",
     )
