@@ -77,7 +77,7 @@ def robust_config(data: Path, traces: Path, folder: Path | None = None, **extra)
         "canaries": [{"prefix": CANARY_PREFIX, "secret": CANARY_SECRET}],
         "canary_samples": 2,
     }
-    raw["teach"].update(tasks=4, samples=2)  # small but real: every stage runs, once
+    raw["teach"].update(tasks=4, samples=4)  # small but real: every stage runs, once (16 tries of a random model)
     raw["distill"]["max_steps"] = 2
     raw["evaluate"].update(test_episodes=2, random_episodes=4, retention_tasks=1, general_passages=2)
     for key, value in extra.items():
