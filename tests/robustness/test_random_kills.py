@@ -63,7 +63,7 @@ def _config(tmp_path: Path) -> Path:
     raw["data_dir"] = str(tmp_path / "data")
     raw["registry"]["model_name"] = "r2w-kills-student"
     raw["collect"] = {"source": "traces", "trace_paths": [str(write_traces(tmp_path / "t.jsonl", played_failures()))]}
-    raw["teach"].update(tasks=4, samples=2)
+    raw["teach"].update(tasks=4, samples=4)  # 16 tries: the random tiny model must find a success each round
     raw["distill"]["max_steps"] = 2
     raw["evaluate"].update(test_episodes=2, random_episodes=2, retention_tasks=1, general_passages=2)
     path = tmp_path / "kills.yaml"
