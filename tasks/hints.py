@@ -240,6 +240,8 @@ def gold_paths(cfg: R2WConfig, failures: list[Episode]) -> dict[str, SuccessRefe
     Text games: `gold_actions()`; chat environments: `gold_turn()` / `gold_turns()` (BFCL). Failures of
     another environment (imported traces) or an environment without a gold path get none.
     """
+    if cfg.env.name == "trace_replay":  # imported tasks: no solution of the sandbox's own (gold data is on the record)
+        return {}
     factory = make_environment(cfg.env)
     chat = getattr(factory, "kind", "text") == "chat"
     mine = [f for f in failures if f.env == factory.name]
