@@ -125,6 +125,14 @@ _DASK_ADDRESS = re.compile(r"local(:[1-9]\d*)?|(tcp|tls|ucx|inproc|ws|wss)://[^\
 
 class RuntimeConfig(Section):
     torch_threads: int = Field(1, ge=1, description="1 is 5-10x faster than 2 on a loaded 2-core box")
+    # How fast training runs, not what it learns: left out of the config hash (like dask_address below).
+    train_threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto",
+        exclude=True,
+        description="torch threads while training: 'auto' times one matmul on 1 thread and on every core just "
+        "before training and keeps the faster (all cores ~1.7x faster on a quiet 2-core box, 1 thread far faster "
+        "on a loaded one); an int fixes it (r2w/runtime.py fastest_threads)",
+    )
     seed: int = 0
     # Where rollouts run, not what they produce: left out of model_dump, so of the config hash and of
     # stage cache keys (a run resumed on a cluster reuses what it computed in-process, and vice versa).

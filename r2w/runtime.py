@@ -11,6 +11,9 @@ besides modules that need an optional extra (vLLM), which are imported when chos
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _OFFLINE_DEFAULTS = {
@@ -93,3 +96,57 @@ def set_torch_threads(n: int) -> None:
 
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def fastest_threads(requested: str | int = "auto", size: int = 768, repeats: int = 3) -> tuple[int, str]:
+    """(threads, why) for a compute-bound torch phase such as training.
+
+    Why a probe and not a rule: on a quiet 2-core machine two threads train ~1.7x faster than one, while on
+    a loaded one two OpenMP threads collapse (5-10x slower, ../shared/STACK.md). So `auto` times the same
+    float32 matmul on 1 thread and on every core, right before the phase, and keeps the faster; more
+    threads must win by 20% to be chosen. Costs well under a second. An int is kept as it is.
+    """
+    import torch
+
+    if requested != "auto":
+        return int(requested), "set in the config"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores <= 1:
+        return 1, "auto: one core"
+    before = torch.get_num_threads()
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds: dict[int, float] = {}
+    try:
+        for n in (1, cores):
+            torch.set_num_threads(n)
+            a @ b  # warm-up: thread pool start
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                a @ b
+                runs.append(time.perf_counter() - start)
+            seconds[n] = sorted(runs)[len(runs) // 2]
+    finally:
+        torch.set_num_threads(before)
+    return choose_threads(seconds)
+
+
+def choose_threads(seconds: dict[int, float], min_speedup: float = 1.2) -> tuple[int, str]:
+    """The thread count whose probe ran fastest, if it beat 1 thread by `min_speedup` (else 1), and why."""
+    most = max(seconds)
+    speedup = seconds[1] / seconds[most]
+    chosen = most if speedup >= min_speedup else 1
+    return chosen, f"auto: a matmul on {most} threads ran {speedup:.2f}x the speed of 1 thread"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n inside the block, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    set_torch_threads(n)
+    try:
+        yield
+    finally:
+        set_torch_threads(before)

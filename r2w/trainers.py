@@ -60,6 +60,7 @@ class StudentArtifacts(BaseModel):
     base_model: Path | None = None  # the weights the adapter sits on (the champion's merged model in a continual round)
     parent_version: str | None = None  # registry version trained on top of (init_from=champion)
     train_metrics: dict[str, list[float]] = {}  # per-step method metrics, e.g. DPO reward margins
+    threads: int = 0  # torch threads it trained on (runtime.train_threads; 0: not recorded)
 
     @property
     def s_per_step(self) -> float:
@@ -71,7 +72,7 @@ class StudentArtifacts(BaseModel):
             "train.final_loss": self.train_losses[-1],
             "train.tokens_per_s": self.tokens_per_s,
             "train.s_per_step": self.s_per_step,
-        }
+        } | ({"train.threads": float(self.threads)} if self.threads else {})
 
 
 def train_student(

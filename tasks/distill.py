@@ -38,6 +38,7 @@ from r2w.distill_data import (
     student_prompt,
 )
 from r2w.registry import CHAMPION, champion_version, version_model
+from r2w.runtime import fastest_threads, torch_threads
 from r2w.trainers import StudentArtifacts, train_dpo, train_onpolicy, train_sft, train_student
 from r2w.training import RoundTripError
 from tasks.collect import CollectResult
@@ -344,7 +345,11 @@ def train(cfg: R2WConfig, dataset: DistillSet, start: StudentBase) -> StudentArt
     key = [dataset.examples.hash, cfg.distill.model_dump(mode="json"), *parent]
     out_dir = cfg.data_path / "students" / content_hash(key)[:16]
     examples = load_records(dataset.examples, DistillExample)
-    return train_student(examples, start.path, cfg.distill, out_dir, cfg.train_seed, True, start.parent_version)
+    threads, why = fastest_threads(cfg.runtime.train_threads)  # how fast, not what: outside the folder's key
+    log.info("training on %d torch thread(s) (%s)", threads, why)
+    with torch_threads(threads):
+        student = train_student(examples, start.path, cfg.distill, out_dir, cfg.train_seed, True, start.parent_version)
+    return student.model_copy(update={"threads": threads})
 
 
 # ---------------------------------------------------------------------------------------------- prefect

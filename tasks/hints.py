@@ -238,17 +238,18 @@ def gold_paths(cfg: R2WConfig, failures: list[Episode]) -> dict[str, SuccessRefe
     """The environment's own solution of each failed task, replayed: kept only where it verifiably succeeds.
 
     Text games: `gold_actions()`; chat environments: `gold_turn()` / `gold_turns()` (BFCL). Failures of
-    another environment (imported traces) or an environment without a gold path get none.
+    another environment (imported traces), or an environment that offers no gold path (a team's plugin
+    without one, the `trace_replay` sandbox), get none.
     """
-    if cfg.env.name == "trace_replay":  # imported tasks: no solution of the sandbox's own (gold data is on the record)
+    if not failures:
         return {}
-    factory = make_environment(cfg.env)
+    factory = make_environment(cfg.env, failures, require_gold=False)  # built as the teach stage builds it
     chat = getattr(factory, "kind", "text") == "chat"
     mine = [f for f in failures if f.env == factory.name]
+    env = factory.make() if mine else None
+    if env is None or not any(hasattr(env, m) for m in GOLD_METHODS):
+        return {}
     out: dict[str, SuccessReference] = {}
-    if not mine:
-        return out
-    env = factory.make()
     try:
         for failure in mine:
             ref = _replay_chat_gold(env, failure) if chat else _replay_gold(env, failure)
@@ -257,6 +258,9 @@ def gold_paths(cfg: R2WConfig, failures: list[Episode]) -> dict[str, SuccessRefe
     finally:
         env.close()
     return out
+
+
+GOLD_METHODS = ("gold_actions", "gold_turn", "gold_turns")  # what an environment offers its solution by
 
 
 def _replay_gold(env, failure: Episode) -> SuccessReference | None:

@@ -19,6 +19,7 @@ samples teacher episodes for `alone`, 2 x hints x tasks x samples for `ablate`.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -37,7 +38,7 @@ from r2w.hintstore import HintStore
 from r2w.rollout import agent_policy, run_chat_episodes, run_episodes
 
 RETIRED_BY = "auto-retire:uplift"
-RECENT_TEACH_DATASETS = 8  # newest teacher-episode datasets counted for retrieval support
+log = logging.getLogger(__name__)
 
 
 class HintUplift(Record):
@@ -145,14 +146,22 @@ def apply_verdicts(store: HintStore, rows: list[HintUplift], alpha: float, retir
 
 
 def retrieval_support(data_path: Path) -> dict[str, tuple[int, int]]:
-    """hint id -> (teacher episodes whose prompt held it, how many of them succeeded), recent teach stages."""
-    folders = sorted(
-        (data_path / "datasets" / "teacher-episodes").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime
-    )
+    """hint id -> (teacher episodes whose prompt held it, how many of them succeeded), over every stored
+    teach stage. Each episode counts once (by id); no file times are read, so copying a data dir or a
+    killed run's leftovers never reorders what counts. A damaged dataset is skipped with a warning."""
     seen: Counter[str] = Counter()
     won: Counter[str] = Counter()
-    for manifest in folders[-RECENT_TEACH_DATASETS:]:
-        for e in load_records(manifest.parent, Episode):
+    counted: set[str] = set()
+    for manifest in sorted((data_path / "datasets" / "teacher-episodes").glob("*/manifest.json")):
+        try:
+            episodes = load_records(manifest.parent, Episode)
+        except (OSError, ValueError) as exc:
+            log.warning("uplift: support counts skip %s (%s)", manifest.parent, exc)
+            continue
+        for e in episodes:
+            if e.episode_id in counted:
+                continue
+            counted.add(e.episode_id)
             seen.update(e.hint_ids)
             won.update(e.hint_ids if e.success else [])
     return {h: (seen[h], won[h]) for h in seen}

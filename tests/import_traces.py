@@ -1,18 +1,16 @@
 """Test helpers for imported failures as training data (issue 23.2): trace files in each format with
 several failures, a help-desk failure as an OpenAI chat trace, and a stand-in for a capable teacher.
 
-`FakeTeacherServer` is a named fake: the real thing (a capable hosted teacher behind an OpenAI-compatible
-URL) cannot run here, and the tiny random test model never writes a verifiable answer, so without it no
-run would get past "no verified teacher successes". Everything else in the runs is real.
+The teacher is `FakeOpenAIServer` (tests/fake_openai.py), a named fake: the real thing (a capable hosted
+teacher behind an OpenAI-compatible URL) cannot run here, and the tiny random test model never writes a
+verifiable answer, so without it no run would get past "no verified teacher successes". Everything else
+in the runs is real.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from r2w.importers.files import import_file
@@ -115,9 +113,7 @@ def helpdesk_trace(path: Path, tasks: list[tuple[str, int]]) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------- the fake teacher
-
-Answer = Callable[[list[dict]], str]
+# ------------------------------------------------------ answers of the fake teacher (tests/fake_openai.py)
 
 
 def weather_teacher(messages: list[dict]) -> str:
@@ -142,48 +138,3 @@ def desk_teacher(messages: list[dict]) -> str:
 
 def _call(name: str, arguments: dict) -> str:
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
-
-
-class FakeTeacherServer:
-    """A named fake of an OpenAI-compatible teacher endpoint on loopback: `/v1/models` and
-    `/v1/chat/completions`, each choice answered by `answer(messages)`."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _send(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path.endswith("/models"):
-                    self._send(200, {"data": [{"id": "fake-teacher"}]})
-                else:
-                    self._send(404, {"error": "not found"})
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = answer(body["messages"])
-                n = int(body.get("n", 1))
-                choices = [{"index": i, "message": {"role": "assistant", "content": text}} for i in range(n)]
-                self._send(200, {"choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeTeacherServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

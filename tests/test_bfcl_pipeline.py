@@ -17,27 +17,32 @@ from flows.cli import app
 from r2w.contracts import DistillExample, Episode, Message, Trajectory
 from r2w.datasets import load_records
 from r2w.tool_calls import render_turn
-from tests.import_traces import FakeTeacherServer
+from tests.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.bfcl_pipeline
 
 
-@pytest.mark.parametrize(("category", "steps"), [("simple_python", 1), ("multi_turn_base", 2)])
-def test_bfcl_runs_through_r2w_run_on_the_tiny_model(tmp_path, category, steps):
-    sets = [
+def bfcl_sets(tmp_path, category: str, steps: int, model_name: str, collection: str) -> list[str]:
+    """`r2w run --set` overrides of a two-task BFCL run on the tiny model, with the curated BFCL hints."""
+    return [
         f"data_dir={tmp_path / 'data'}",
         "env.name=bfcl",
         f'env.options={{"category": "{category}", "test_fraction": 0.5}}',
         f"env.max_steps={steps}",
-        "hints.collection=r2w-hints-bfcl-test",
+        f"hints.collection={collection}",
         'hints.curated_packs=["configs/hints/bfcl_curated.jsonl"]',
         "hints.max_failures=1",
         "collect.episodes=2",
         "teach.tasks=2",
         "teach.samples=1",
         "agent.answer_max_new_tokens=12",
-        f"registry.model_name=r2w-bfcl-{category}",
+        f"registry.model_name={model_name}",
     ]
+
+
+@pytest.mark.parametrize(("category", "steps"), [("simple_python", 1), ("multi_turn_base", 2)])
+def test_bfcl_runs_through_r2w_run_on_the_tiny_model(tmp_path, category, steps):
+    sets = bfcl_sets(tmp_path, category, steps, f"r2w-bfcl-{category}", collection="r2w-hints-bfcl-test")
     result = CliRunner().invoke(app, ["run", "--config", "test", *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
     flat = re.sub(r"[\s│┌┐└┘─┬┴├┤┼]+", "", result.output)  # the summary table wraps its cells
@@ -87,24 +92,13 @@ def test_bfcl_goes_through_every_stage_with_a_teacher_that_succeeds(tmp_path, ca
     """Issue 22's whole pipeline on BFCL: the teacher (a named fake behind the OpenAI API that answers with BFCL's
     own gold calls) is verified by BFCL's checker, the tiny student is trained on its tool turns, evaluated on
     held-out tasks and gated; the gate decides and says why."""
-    with FakeTeacherServer(gold_teacher(category, 2)) as teacher:
-        sets = [
-            f"data_dir={tmp_path / 'data'}",
-            "env.name=bfcl",
-            f'env.options={{"category": "{category}", "test_fraction": 0.5}}',
-            f"env.max_steps={steps}",
+    with FakeOpenAIServer(gold_teacher(category, 2)) as teacher:
+        sets = bfcl_sets(tmp_path, category, steps, f"r2w-bfcl-gold-{category}", collection="r2w-hints-bfcl-gold")
+        sets += [
             f"models.teacher_url={teacher.url}",
-            "hints.collection=r2w-hints-bfcl-gold",
-            'hints.curated_packs=["configs/hints/bfcl_curated.jsonl"]',
-            "hints.max_failures=1",
-            "collect.episodes=2",
-            "teach.tasks=2",
-            "teach.samples=1",
-            "agent.answer_max_new_tokens=12",
             "evaluate.test_episodes=2",
             "evaluate.random_episodes=2",
             "distill.max_length=24576",  # multi-turn: the tools block alone is 11-19k tokens of the tiny tokenizer
-            f"registry.model_name=r2w-bfcl-gold-{category}",
         ]
         result = CliRunner().invoke(app, ["run", "--config", "test", *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output

@@ -3,6 +3,7 @@ a hint that significantly hurts is retired with its evidence in the audit log, a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from typer.testing import CliRunner
 from flows.cli import app
 from r2w.config import HintsConfig
 from r2w.contracts import Episode, Hint
-from r2w.datasets import load_records
+from r2w.datasets import load_records, save_records
 from r2w.hintstore import HintStore
-from tasks.uplift import RETIRED_BY, HintUplift, apply_verdicts, score_hint
+from tasks.uplift import RETIRED_BY, HintUplift, apply_verdicts, retrieval_support, score_hint
 
 CURATED = Path(__file__).resolve().parent.parent / "configs" / "hints" / "twc_curated.jsonl"
 runner = CliRunner()
@@ -95,6 +96,21 @@ def test_uplift_from_planted_episodes_retires_a_harmful_hint_and_keeps_a_helpful
     # a planted pair of arms with nothing in common is an error, not an uplift of 0
     with pytest.raises(ValueError, match="share no"):
         score_hint(helpful, attempts([True], helpful), [])
+
+
+def test_support_counts_each_teacher_episode_once_whatever_the_file_times(tmp_path: Path) -> None:
+    """Two teach datasets share episodes (a rerun's leftovers): each episode counts once, and touching
+    the folders (a copied data dir) changes nothing."""
+    hint = Hint(hint_id="h-1", text="WHEN a door is closed: open it", applicability="a door", category="twc")
+    first = attempts([True, False, True], hint)
+    second = attempts([True, False, True, False], hint)  # the first three again, and one more failure
+    root = tmp_path / "datasets"
+    refs = [save_records(first, root, "teacher-episodes"), save_records(second, root, "teacher-episodes")]
+    expected = {"h-1": (4, 2)}
+    assert retrieval_support(tmp_path) == expected
+    for i, ref in enumerate(refs):  # the older dataset looks newest now
+        os.utime(ref.path, (1e9 + i, 1e9 + i) if i else (2e9, 2e9))
+    assert retrieval_support(tmp_path) == expected
 
 
 def cli(data_dir: Path, *args: str, code: int = 0, sets: tuple[str, ...] = ()) -> str:

@@ -1,16 +1,14 @@
 """Hosted teachers and extractors (issue 23.4): model name, key from an env var, bounded retries, no key stored.
 
-The server is `FakeHostedServer`, a real HTTP server on loopback speaking the OpenAI chat API, named a
-fake because no hosted model can be reached from here. It records what it received and can answer
-429/503 first, so the retry path runs over real sockets.
+The server is `FakeOpenAIServer` (tests/fake_openai.py), a real HTTP server on loopback speaking the OpenAI
+chat API, named a fake because no hosted model can be reached from here. It records what it received and can
+answer 429/503 first, so the retry path runs over real sockets.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,77 +17,24 @@ from r2w.backends import SamplingParams, make_backend
 from r2w.backends.openai_server import OpenAIServerBackend, ServerError
 from r2w.config import ConfigError, load_config
 from r2w.contracts import Message
+from tests.fake_openai import FakeOpenAIServer
 from tests.robustness.robust_helpers import all_text, prefect_storage
 
 PLANTED_KEY = "sk-r2w-planted-Zq8vW3xYt6"
 EXTRACTOR_HINT = "WHEN a {container} is closed: open the {container} before putting anything in it"
 
 
-class FakeHostedServer:
-    """OpenAI-compatible chat server on loopback: `fail_first` answers of `fail_status`, then replies.
-
-    Extractor requests (DSPy's chat adapter: `[[ ## field ## ]]` markers) get a hint in that format;
-    agent requests get `reply`. Every request's Authorization header and body are recorded.
-    """
-
-    def __init__(self, fail_first: int = 0, fail_status: int = 429, echo_key_in_errors: bool = False) -> None:
-        self.fail_first, self.fail_status, self.echo = fail_first, fail_status, echo_key_in_errors
-        self.requests: list[dict] = []
-        self.reply = "look around"
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/v1/models"):
-                    self._send(200, {"data": [{"id": "hosted-listed-model"}]})
-                else:
-                    self._send(404, {"error": "not found"})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                owner.requests.append({"auth": self.headers.get("Authorization", ""), "body": body})
-                if len(owner.requests) <= owner.fail_first:
-                    auth = self.headers.get("Authorization", "")
-                    detail = f"rate limited; key {auth.removeprefix('Bearer ')}" if owner.echo else "rate limited"
-                    self._send(owner.fail_status, {"error": {"message": detail}}, {"Retry-After": "0"})
-                    return
-                text = json.dumps(body.get("messages", []))
-                content = (
-                    f"[[ ## hints ## ]]\n{EXTRACTOR_HINT}\n\n[[ ## completed ## ]]" if "[[ ## " in text else owner.reply
-                )
-                n = int(body.get("n", 1) or 1)
-                choices = [
-                    {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                    for i in range(n)
-                ]
-                usage = {"prompt_tokens": 11, "completion_tokens": 3 * n, "total_tokens": 11 + 3 * n}
-                self._send(200, {"id": "x", "object": "chat.completion", "choices": choices, "usage": usage})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def hosted_answer(messages: list[dict]) -> str:
+    """Extractor requests (DSPy's chat adapter: `[[ ## field ## ]]` markers) get a hint in that format;
+    agent requests get an action."""
+    if "[[ ## " in json.dumps(messages):
+        return f"[[ ## hints ## ]]\n{EXTRACTOR_HINT}\n\n[[ ## completed ## ]]"
+    return "look around"
 
 
 @pytest.fixture
 def server():
-    fake = FakeHostedServer()
+    fake = FakeOpenAIServer(hosted_answer, model="hosted-listed-model")
     yield fake
     fake.close()
 
@@ -107,13 +52,13 @@ def test_rate_limited_requests_are_retried_with_the_key_as_bearer_only(server, m
     )
     assert _ask(backend) == "look around"
     assert len(server.requests) == 3  # 2 retried 429s + the answer
-    assert {r["auth"] for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
-    assert {r["body"]["model"] for r in server.requests} == {"big-teacher"}  # the configured name, not a guess
+    assert {r.auth for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
+    assert {r.body["model"] for r in server.requests} == {"big-teacher"}  # the configured name, not a guess
     assert PLANTED_KEY not in backend.identity and PLANTED_KEY not in repr(backend.recipe)  # recipes go to workers
 
 
 def test_the_last_failed_retry_raises_a_clear_error_without_the_key():
-    fake = FakeHostedServer(fail_first=100, fail_status=503, echo_key_in_errors=True)
+    fake = FakeOpenAIServer(hosted_answer, fail_first=100, fail_status=503, echo_key_in_errors=True)
     try:
         backend = OpenAIServerBackend(fake.url, model="m", api_key=PLANTED_KEY, max_retries=2, max_backoff_s=0.01)
         with pytest.raises(ServerError) as err:
@@ -172,9 +117,9 @@ def test_a_run_with_a_hosted_teacher_and_extractor_never_stores_the_key(server, 
     }
     summary = retrain(config="test", overrides=overrides)
 
-    models = {r["body"].get("model") for r in server.requests}
+    models = {r.body.get("model") for r in server.requests}
     assert {"big-teacher", "big-extractor"} <= models  # both roles went to the hosted server
-    assert {r["auth"] for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
+    assert {r.auth for r in server.requests} == {f"Bearer {PLANTED_KEY}"}
     assert summary.hints_extracted >= 1  # the hosted extractor's hint was parsed and stored
     teach = summary.costs["teach"]
     assert teach.tokens > 0 and teach.usd == pytest.approx(teach.tokens * 2.5 / 1e6)

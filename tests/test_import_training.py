@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from import_traces import (
     FORMATS,
-    FakeTeacherServer,
     desk_teacher,
     gold_answer,
     helpdesk_trace,
@@ -32,6 +31,7 @@ from r2w.datasets import load_records, recorded_imports
 from r2w.rollout import Decision, run_chat_episodes
 from r2w.tool_calls import render_turn
 from tasks.collect import collect_failures
+from tests.fake_openai import FakeOpenAIServer
 
 runner = CliRunner()
 
@@ -238,7 +238,7 @@ def test_an_imported_trace_trains_a_student_through_r2w_run(fmt, tmp_path):
     collect_import(data, traces, outcomes)
     traces.unlink()
     category = "chat" if fmt == "openai" else "weather_agent"
-    with FakeTeacherServer(weather_teacher) as teacher:
+    with FakeOpenAIServer(weather_teacher) as teacher:
         out = run_cli(
             data,
             "collect.source=imports",
@@ -260,7 +260,7 @@ def test_an_imported_help_desk_failure_trains_on_its_restored_task_through_r2w_r
     data = tmp_path / "data"
     trace = helpdesk_trace(tmp_path / "desk.jsonl", [("train", s) for s in (3, 5, 8)] + [("test", 20_001)])
     collect_import(data, trace, None)
-    with FakeTeacherServer(desk_teacher) as teacher:
+    with FakeOpenAIServer(desk_teacher) as teacher:
         out = run_cli(
             data,
             "collect.source=imports",

@@ -1,17 +1,16 @@
 """The verifier seam (r2w/verifiers.py): a team's callable, an LLM judge ranking one task's attempts, and the
 teach stage keeping what the configured verifier accepts.
 
-No LLM judge runs here, so the judge is `FakeJudgeServer`: a real HTTP server on loopback speaking the
-OpenAI chat-completions API, answering scores (or a malformed reply) that the test decides.
+No LLM judge runs here, so the judge is `judge_server()`: the tests' named fake `FakeOpenAIServer`
+(tests/fake_openai.py), a real HTTP server on loopback speaking the OpenAI chat-completions API, answering
+scores (or a malformed reply) that the test decides.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,68 +20,26 @@ from r2w.contracts import Episode, Message, Step, Trajectory
 from r2w.datasets import load_records
 from r2w.plugins import PluginError
 from r2w.verifiers import make_verifier, verify_episodes, verify_group
+from tests.fake_openai import FakeOpenAIServer
 
 _BLOCK = re.compile(r'<trajectory id="(\d+)">\n(.*?)\n</trajectory>', re.DOTALL)
 
 
-class FakeJudgeServer:
-    """A fake OpenAI-compatible judge: scores each `<trajectory id="k">` block of the prompt with `score(text)`,
-    or answers `reply(user_message)` verbatim (malformed replies). Records every request's headers and body."""
+def judge_server(
+    score: Callable[[str, str], float] | None = None, reply: Callable[[str], str] | None = None
+) -> FakeOpenAIServer:
+    """A fake judge: scores each `<trajectory id="k">` block of the last user message with `score(id, text)`,
+    or answers `reply(last user message)` verbatim (malformed replies)."""
+    score = score or (lambda _id, _text: 0.0)
 
-    def __init__(
-        self,
-        score: Callable[[str, str], float] | None = None,
-        reply: Callable[[str], str] | None = None,
-        model: str = "fake-judge",
-    ) -> None:
-        self.score, self.reply, self.model = score or (lambda _id, _text: 0.0), reply, model
-        self.requests: list[tuple[dict, dict]] = []
-        fake = self
+    def answer(messages: list[dict]) -> str:
+        user = messages[-1]["content"]
+        if reply is not None:
+            return reply(user)
+        return json.dumps({"scores": [{"trajectory_id": i, "explanation": "ok", "score": score(i, text)}
+                                      for i, text in _BLOCK.findall(user)]})  # fmt: skip
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, payload: dict) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path == "/v1/models":
-                    self._send(200, {"data": [{"id": fake.model, "object": "model"}]})
-                else:
-                    self._send(404, {"error": "not found"})
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append((dict(self.headers), body))
-                user = body["messages"][-1]["content"]
-                content = fake.reply(user) if fake.reply else fake.scores(user)
-                choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                self._send(200, {"choices": [choice], "usage": {"prompt_tokens": 10, "completion_tokens": 10}})
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-    def scores(self, user: str) -> str:
-        blocks = _BLOCK.findall(user)
-        return json.dumps({"scores": [{"trajectory_id": i, "explanation": "ok", "score": self.score(i, text)}
-                                      for i, text in blocks]})  # fmt: skip
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> FakeJudgeServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return FakeOpenAIServer(answer, model="fake-judge")
 
 
 def attempt(answer: str, sample: int = 0, task: str = "t1") -> Episode:
@@ -145,7 +102,7 @@ def test_the_judges_ranking_and_the_threshold_decide_which_attempts_are_kept(mon
     key = "judge-key-5f1c2e9d0b"
     monkeypatch.setenv("R2W_TEST_JUDGE_KEY", key)
     group = [attempt("no", 0), attempt("yes", 1), attempt("maybe", 2), attempt("yes", 3)]
-    with FakeJudgeServer(score=by_answer) as judge:
+    with judge_server(score=by_answer) as judge:
         base = {"kind": "judge", "judge_url": judge.url, "api_key_env": "R2W_TEST_JUDGE_KEY"}
         kept = [v.keep for v in verify_group(VerifyConfig(**base, keep_threshold=0.5), group)]
         top1 = [v.keep for v in verify_group(VerifyConfig(**base, keep_threshold=0.5, keep_top=1), group)]
@@ -155,7 +112,7 @@ def test_the_judges_ranking_and_the_threshold_decide_which_attempts_are_kept(mon
     assert not any(v.keep for v in strict) and [v.score for v in strict] == [0.1, 0.9, 0.6, 0.9]
     assert {(v.verdict_by, v.judged) for v in strict} == {("judge:fake-judge", True)}
     assert len(judge.requests) == 3  # one request per task group, all attempts in it
-    headers, body = judge.requests[0]
+    headers, body = judge.requests[0].headers, judge.requests[0].body
     prompt = body["messages"][-1]["content"]
     assert [i for i, _ in _BLOCK.findall(prompt)] == ["1", "2", "3", "4"] and "HINT-BLOCK-7" not in json.dumps(body)
     assert headers["Authorization"] == f"Bearer {key}"
@@ -169,7 +126,7 @@ def test_a_malformed_judge_reply_keeps_nothing_for_its_task_and_is_counted():
             return json.dumps({"scores": [{"trajectory_id": "1", "score": 0.8}, {"trajectory_id": "2", "score": 0.2}]})
         return "Attempt 1 is clearly the best one, I would give it a 9/10."
 
-    with FakeJudgeServer(reply=reply) as judge:
+    with judge_server(reply=reply) as judge:
         verifier = make_verifier(VerifyConfig(kind="judge", judge_url=judge.url))
         episodes, verdicts = verify_episodes(verifier, groups)
         verifier.close()
@@ -243,7 +200,7 @@ def test_the_judges_api_key_is_sent_but_never_stored_tracked_or_logged(
                 applicability="WHEN asked to call it", category="coin", source="curated")  # fmt: skip
     pack.write_text(hint.model_dump_json() + "\n")
     data = tmp_path / "data"
-    with FakeJudgeServer(score=lambda i, _text: 0.9 if i == "1" else 0.2) as judge:
+    with judge_server(score=lambda i, _text: 0.9 if i == "1" else 0.2) as judge:
         overrides = {
             "data_dir": str(data), "models": {"base": str(tiny_model)},
             "env": {"name": "plugin_envs:CoinFlip", "max_steps": 1}, "agent": {"answer_max_new_tokens": 8},
@@ -255,7 +212,7 @@ def test_the_judges_api_key_is_sent_but_never_stored_tracked_or_logged(
         }  # fmt: skip
         summary = retrain(config="test", overrides=overrides)
     assert summary.trajectories_kept == 3, summary  # the judge's best attempt of each task
-    assert judge.requests and {h["Authorization"] for h, _ in judge.requests} == {f"Bearer {key}"}
+    assert judge.requests and {r.auth for r in judge.requests} == {f"Bearer {key}"}
     (taught,) = list((data / "datasets" / "teacher-episodes").iterdir())
     episodes = load_records(taught, Episode)
     assert {e.verdict_by for e in episodes} == {"judge:fake-judge"} and all(
@@ -286,11 +243,11 @@ def test_judge_agreement_scores_the_judge_against_the_env_and_hides_the_envs_fee
         [judged("yes", 0, "a", True), judged("no", 1, "a", False), judged("yes", 2, "a", False)],
         [judged("no", 0, "b", True), judged("no", 1, "b", False), judged("no", 2, "b", False)],
     ]
-    with FakeJudgeServer(score=by_answer) as judge:
+    with judge_server(score=by_answer) as judge:
         verifier = make_verifier(VerifyConfig(kind="judge", judge_url=judge.url))
         result = judge_groups(verifier, groups, threshold=0.5)  # type: ignore[arg-type]
         verifier.close()
-    assert not any("Correct" in body["messages"][-1]["content"] for _, body in judge.requests)
+    assert not any("Correct" in r.last_user_message for r in judge.requests)
     assert result["base_rate"]["successes"] == 2 and result["base_rate"]["n"] == 6
     by_threshold, top1 = result["keep_threshold"], result["keep_top1"]
     assert (by_threshold["kept"], by_threshold["precision"], by_threshold["recall"]) == (2, 0.5, 0.5)
