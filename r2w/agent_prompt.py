@@ -79,13 +79,30 @@ def build_messages(
     return [Message(role="system", content=SYSTEM + hints_block), Message(role="user", content=user)]
 
 
-def build_chat_messages(conversation: list[Message], tools: list[dict], hints_block: str = "") -> list[Message]:
+def build_chat_messages(
+    conversation: list[Message], tools: list[dict], hints_block: str = "", native: bool = False
+) -> list[Message]:
     """The prompt for the next assistant turn of a tool-calling task: r2w's system prompt with the tools
-    and the hints block, then the task's own messages (its system message, if any, joins r2w's)."""
+    and the hints block, then the task's own messages (its system message, if any, joins r2w's).
+
+    `native` (the model's chat template renders tools, r2w/tool_calls.py): the tools are left out of the system
+    message (the backend passes them to the template) and tool calls and results keep their structure.
+    """
     own_system = "\n\n".join(m.content for m in conversation if m.role == "system")
-    system = SYSTEM_CHAT + (f"\n\n{own_system}" if own_system else "") + render_tools_block(tools) + hints_block
-    rest = as_text_messages([m for m in conversation if m.role != "system"])
-    return [Message(role="system", content=system), *rest]
+    tools_block = "" if native else render_tools_block(tools)
+    system = SYSTEM_CHAT + (f"\n\n{own_system}" if own_system else "") + tools_block + hints_block
+    rest = [m for m in conversation if m.role != "system"]
+    return [Message(role="system", content=system), *(rest if native else as_text_messages(rest))]
+
+
+def as_text_fallback(native_prompt: list[Message], tools: list[dict]) -> list[Message]:
+    """A hint-free native prompt as the text fallback writes the same conversation (what a model without tool
+    support sees): the tools block at the end of the system message, calls and results as text. Exact, because
+    both are built by `build_chat_messages` from the same conversation."""
+    if not native_prompt or native_prompt[0].role != "system" or HINTS_OPEN in native_prompt[0].content:
+        raise ValueError("as_text_fallback: expected a hint-free prompt that starts with its system message")
+    system = native_prompt[0].content + render_tools_block(tools)
+    return [Message(role="system", content=system), *as_text_messages(native_prompt[1:])]
 
 
 def strip_hints_block(messages: list[Message]) -> list[Message]:
@@ -99,7 +116,7 @@ def strip_hints_block(messages: list[Message]) -> list[Message]:
             if end < 0:
                 raise ValueError("hints block opened but never closed: refusing to guess its extent")
             content = content[:start] + content[end + len(HINTS_CLOSE) :]
-        out.append(Message(role=m.role, content=content))
+        out.append(m.model_copy(update={"content": content}))  # tool calls and tool ids kept (native tool prompts)
     return out
 
 

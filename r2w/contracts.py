@@ -144,6 +144,9 @@ class Episode(Record):
     VOLATILE_FIELDS: ClassVar[frozenset[str]] = frozenset({"wall_time_s", "created_at"})
     source: str = "rollout"  # rollout | trace-file | mlflow-trace | an importer: openai, otel, langsmith, langfuse
     tools: list[dict] = Field(default_factory=list)  # the tool (function) schemas the agent ran with
+    # How its prompts showed the tools (r2w/tool_calls.py): '' = r2w's text fallback (tools in the system message;
+    # every episode from before native tools), 'template:hermes' = the model's own chat template. Left out when ''.
+    tool_format: str = ""
     verdict_by: str = ""  # who decided success: env verifier | a team's verifier | judge:<model>
     # Reference data an importer found next to the episode (MLflow expectations, a dataset's expected
     # output): kept, never shown to the agent. Empty for rollouts, and then left out of the record.
@@ -162,10 +165,11 @@ class Episode(Record):
 
     @model_serializer(mode="wrap")
     def _lean(self, handler):
-        """Leave out an empty `gold`, so episodes without gold data serialise (and hash) as before it existed."""
+        """Leave out an empty `gold` and `tool_format`, so episodes without them serialise (and hash) as before."""
         data = handler(self)
-        if not data.get("gold"):
-            data.pop("gold", None)
+        for key in ("gold", "tool_format"):
+            if not data.get(key):
+                data.pop(key, None)
         return data
 
     @property
@@ -263,13 +267,19 @@ class DistillExample(Record):
     # conversation (`prompt` + `completion` = every turn of a successful episode); the loss is on every assistant
     # turn, tool calls included, and on nothing else (tool results, user turns, the system prompt).
     loss_on: Literal["completion", "assistant_turns"] = "completion"
+    # A conversation played with the model's own tool template (Episode.tool_format): the tool schemas the template
+    # renders, and `prompt` keeps structured tool calls and `tool` messages. Empty for the text fallback, whose
+    # tools are inside the system message; then left out of the record.
+    tools: list[dict] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
     def _lean(self, handler):
-        """Leave out the default `loss_on`, so one-decision examples serialise (and hash) as before it existed."""
+        """Leave out the default `loss_on` and empty `tools`, so older examples serialise (and hash) as before."""
         data = handler(self)
         if data.get("loss_on") == "completion":
             data.pop("loss_on")
+        if not data.get("tools"):
+            data.pop("tools", None)
         return data
 
 

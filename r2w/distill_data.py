@@ -12,10 +12,10 @@ from collections import defaultdict
 
 from rapidfuzz import fuzz
 
-from r2w.agent_prompt import HINTS_CLOSE, HINTS_OPEN, is_base_system, strip_hints_block
+from r2w.agent_prompt import HINTS_CLOSE, HINTS_OPEN, as_text_fallback, is_base_system, strip_hints_block
 from r2w.config import DistillConfig
-from r2w.contracts import DistillExample, Episode, Hint, Message, Trajectory, content_hash
-from r2w.tool_calls import parse_tool_calls
+from r2w.contracts import DistillExample, Episode, Hint, Message, Step, Trajectory, content_hash
+from r2w.tool_calls import TEXT_FALLBACK, parse_tool_calls, render_turn, template_messages
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,12 @@ def teacher_prompt(prompt: list[dict], hints_block: str) -> list[dict]:
     return [{**prompt[0], "content": prompt[0]["content"] + hints_block}, *prompt[1:]]
 
 
-def example_hash(prompt: list[Message], completion: str, rejected: str | None = None) -> str:
+def example_hash(prompt: list[Message], completion: str, rejected: str | None = None, tools: list | None = None) -> str:
     payload = {"prompt": [m.model_dump() for m in prompt], "completion": completion}
     if rejected is not None:
         payload["rejected"] = rejected
+    if tools:  # native tool conversations only: older examples hash as before
+        payload["tools"] = tools
     return content_hash(payload)[:16]
 
 
@@ -128,8 +130,9 @@ def text_leaks(texts: list[str], hint_texts: list[str], fuzzy_ratio: float) -> b
 
 
 def prompt_leaks(prompt: list[Message], hint_texts: list[str], fuzzy_ratio: float) -> bool:
-    """Hint text anywhere in the input, earlier assistant turns' tool-call arguments included."""
-    texts = [t for m in prompt for t in (turn_texts(m.content) if m.role == "assistant" else [m.content])]
+    """Hint text anywhere in the input, earlier assistant turns' tool-call arguments included (as text in the
+    fallback's turns, as structured calls in a native prompt's)."""
+    texts = [t for m in prompt for t in (turn_texts(render_turn(m)) if m.role == "assistant" else [m.content])]
     return text_leaks(texts, hint_texts, fuzzy_ratio)
 
 
@@ -157,15 +160,41 @@ def conversation(traj: Trajectory) -> tuple[list[Message], str]:
     assistant turn exactly as the model later saw it; this proves that, step by step, before it is trained on.
     """
     steps = traj.episode.steps
+    native = traj.episode.tool_format != TEXT_FALLBACK
     prompts = [student_prompt(step.prompt, traj.hints_block)[0] for step in steps]
-    full = [*prompts[-1], Message(role="assistant", content=steps[-1].action)]
+    full = [*prompts[-1], assistant_turn(steps[-1], native)]
     for prompt, step in zip(prompts, steps, strict=True):
-        if full[: len(prompt)] != prompt or full[len(prompt)] != Message(role="assistant", content=step.action):
+        if full[: len(prompt)] != prompt or full[len(prompt)] != assistant_turn(step, native):
             raise PromptMismatchError(
                 f"episode {traj.episode.episode_id} step {step.index}: its prompt and turn are not the start of the "
                 "episode's last prompt, so the conversation cannot be trained as one"
             )
     return prompts[-1], steps[-1].action
+
+
+def assistant_turn(step: Step, native: bool) -> Message:
+    """A chat step's turn as later prompts hold it: its text (the fallback), or its text and structured calls."""
+    if not native:
+        return Message(role="assistant", content=step.action)
+    return Message(role="assistant", content=parse_tool_calls(step.action).content, tool_calls=step.tool_calls)
+
+
+def final_turn(example: DistillExample) -> dict:
+    """The completion as the conversation's last assistant message: text (fallback), or text and calls (native)."""
+    if not example.tools:
+        return {"role": "assistant", "content": example.completion}
+    turn = sum(m.role == "assistant" for m in example.prompt)  # ids as the rollout gave them: call_<turn>_<i>
+    parsed = parse_tool_calls(example.completion, turn)
+    return template_messages([Message(role="assistant", content=parsed.content, tool_calls=parsed.calls)])[0]
+
+
+def in_text_fallback(example: DistillExample) -> DistillExample:
+    """A native tool conversation as a model without tool support sees the same conversation (r2w/tool_calls.py):
+    a teacher whose template renders tools can teach a student whose template does not."""
+    if not example.tools:
+        return example
+    prompt = as_text_fallback(example.prompt, example.tools)
+    return example.model_copy(update={"prompt": prompt, "tools": []})
 
 
 def finalise(
@@ -196,13 +225,18 @@ def to_sft_dataset(examples: list[DistillExample], messages: bool | None = None)
     With any whole conversation among them (or `messages=True`): `messages` rows for all, trained with
     `assistant_only_loss`, so the loss falls on every assistant turn (tool calls included) and on nothing else.
     A one-decision row is then its prompt plus the completion, the same loss, if its prompt has no assistant turn.
-    Tools travel inside the system message (r2w/tool_calls.py), as the agent saw them, not as a `tools` column.
+    Text-fallback conversations carry their tools inside the system message, as the agent saw them. Native ones
+    (played with the model's own tool template) add TRL's `tools` column (JSON text, which TRL decodes) and keep
+    structured calls; their messages are stored as JSON values (`datasets.Json`), because Arrow would otherwise
+    merge the calls' argument objects into one struct and fill other calls' missing keys with nulls.
     """
-    from datasets import Dataset
+    from datasets import Dataset, Features, Json, List, Value
 
     if messages is None:
         messages = any(e.loss_on == "assistant_turns" for e in examples)
     if not messages:
+        if any(e.tools for e in examples):
+            raise ValueError("native tool examples are whole conversations: train them as messages rows")
         return Dataset.from_list(
             [
                 {
@@ -218,18 +252,33 @@ def to_sft_dataset(examples: list[DistillExample], messages: bool | None = None)
                 f"distill example {e.example_id}: a one-decision row whose prompt has assistant turns cannot be "
                 "trained next to whole conversations (its earlier turns would get loss too)"
             )
-    return Dataset.from_list([{"messages": conversation_messages(e)} for e in examples])
+    if not any(e.tools for e in examples):
+        return Dataset.from_list([{"messages": conversation_messages(e)} for e in examples])
+    rows = [{"messages": conversation_messages(e), "tools": json.dumps(e.tools or None)} for e in examples]
+    return Dataset.from_list(rows, features=Features({"messages": List(Json()), "tools": Value("string")}))
 
 
 def conversation_messages(example: DistillExample) -> list[dict]:
     """The example as one chat: its prompt, then the completion as the last assistant turn."""
-    return [m.model_dump() for m in example.prompt] + [{"role": "assistant", "content": example.completion}]
+    if not example.tools:
+        return [m.model_dump() for m in example.prompt] + [final_turn(example)]
+    return template_messages(example.prompt) + [final_turn(example)]
+
+
+def native_tools_only_for_sft(examples: list[DistillExample], method: str) -> None:
+    """DPO and on-policy rows are rendered without a `tools` argument: refuse native tool examples there."""
+    if native := [e.example_id for e in examples if e.tools]:
+        raise ValueError(
+            f"distill.method={method}: {len(native)} examples (e.g. {native[0]}) come from episodes played with "
+            "the model's own tool template, which only method=sft trains so far"
+        )
 
 
 def to_dpo_dataset(pairs: list[DistillExample]):
     """Conversational prompt/chosen/rejected rows."""
     from datasets import Dataset
 
+    native_tools_only_for_sft(pairs, "dpo")
     return Dataset.from_list(
         [
             {
@@ -246,6 +295,7 @@ def to_onpolicy_dataset(examples: list[DistillExample]):
     """One row per distinct (hint-free state, hints block); states without hints carry no teacher signal."""
     from datasets import Dataset
 
+    native_tools_only_for_sft(examples, "onpolicy")
     rows = {}
     for e in examples:
         if e.teacher_context:

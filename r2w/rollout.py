@@ -36,7 +36,7 @@ from r2w.environment import (
     TaskSpec,
     TurnResult,
 )
-from r2w.tool_calls import parse_reply, render_turn, reply_schema
+from r2w.tool_calls import TEXT_FALLBACK, parse_reply, render_turn, reply_schema, tool_format
 
 
 @dataclass
@@ -123,6 +123,16 @@ class LLMPolicy:
         self.answer_params = dataclasses.replace(params, max_tokens=answer_max_tokens or params.max_tokens)
         # Which weights produced an episode: the backend's identity (model path, adapter, dtype, seed).
         self.model_id = backend.identity
+        self._tool_format: str | None = None
+
+    @property
+    def tool_format(self) -> str:
+        """How tool-calling prompts are written (r2w/tool_calls.py): by the model's own chat template where the
+        backend renders with it and the template supports tools, else r2w's text fallback. Recorded per episode."""
+        if self._tool_format is None:
+            native = getattr(self.backend, "native_tools", False)
+            self._tool_format = tool_format(self.backend.tokenizer) if native else TEXT_FALLBACK
+        return self._tool_format
 
     def prompt_for(self, state: EpisodeState) -> list[Message]:
         recent = state.history[-self.history :] if self.history else []
@@ -162,13 +172,13 @@ class LLMPolicy:
 
     def act_chat(self, states: list[ChatState]) -> list[Decision]:
         """One assistant turn per live chat episode, parsed: decoded to the tools' JSON schema where the backend can."""
-        prompts = [build_chat_messages(s.conversation, s.tools, s.hints_block) for s in states]
+        native = self.tool_format != TEXT_FALLBACK
+        prompts = [build_chat_messages(s.conversation, s.tools, s.hints_block, native) for s in states]
         params = dataclasses.replace(self.answer_params, draw=draw_key(self.params.seed, self.name, states))
+        kwargs: dict = {"tools": [s.tools or None for s in states]} if native else {}
         if self.constrain_tools and getattr(self.backend, "constrains_json", False):
-            schemas = [json.dumps(reply_schema(s.tools)) if s.tools else None for s in states]
-            completions = self.backend.generate(prompts, params, schemas=schemas)
-        else:
-            completions = self.backend.generate(prompts, params)
+            kwargs["schemas"] = [json.dumps(reply_schema(s.tools)) if s.tools else None for s in states]
+        completions = self.backend.generate(prompts, params, **kwargs)
         decisions = []
         for state, prompt, c in zip(states, prompts, completions, strict=True):
             parsed = parse_reply(c.texts[0], len(state.steps))
@@ -478,7 +488,8 @@ def run_chat_episodes(
         return not result.done
 
     model = getattr(policy, "model_id", policy.name)
-    finish = partial(_chat_episode, policy=policy.name, config_hash=config_hash, model=model)
+    fmt = getattr(policy, "tool_format", TEXT_FALLBACK)  # a policy without one (scripted, random): the fallback
+    finish = partial(_chat_episode, policy=policy.name, config_hash=config_hash, model=model, tool_format=fmt)
     return _lockstep(factory, jobs, batch_size, max_steps, desc, start, policy.act_chat, advance, finish)
 
 
@@ -513,10 +524,10 @@ def _lockstep(
     return episodes
 
 
-def _chat_episode(st: ChatState, policy: str, config_hash: str, model: str) -> Episode:
+def _chat_episode(st: ChatState, policy: str, config_hash: str, model: str, tool_format: str = "") -> Episode:
     result = st.result
     return _episode(st.task, st.task_text, st.steps, (result.success, result.done, result.score), st.hint_ids,
-                    st.sample_index, st.started, policy, config_hash, model, tools=st.tools,
+                    st.sample_index, st.started, policy, config_hash, model, tools=st.tools, tool_format=tool_format,
                     verdict_by=result.verdict_by or f"environment:{st.task.env}")  # fmt: skip
 
 

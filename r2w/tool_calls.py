@@ -1,24 +1,106 @@
-"""Tool calls as text: how tools and calls are written into a prompt, and how a reply is parsed back.
+"""Tool calls: how tools and calls reach the model's prompt, and how a reply is parsed back.
 
-The format is the widely used Hermes/Qwen one: tool schemas inside `<tools>...</tools>` in the system
-prompt, and each call as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` in the reply.
-Why r2w writes it itself: SmolLM2-135M-Instruct's chat template (and the tiny test model's) has no
-tool support, so `apply_chat_template(tools=...)` would silently drop the tools; and transformers'
-`parse_response` needs a `response_template` that these tokenizers do not ship. Decoding the JSON
-inside each block is the `json` module's job; a reply that does not parse is recorded as malformed
-(with the reason), scored as a failure by the environment, and never crashes a run.
+Two paths, chosen per tokenizer by `tool_format` (recorded on every chat episode as `Episode.tool_format`):
+
+- Native (`TEMPLATE_HERMES`): the model's own chat template renders the tools. The prompt is
+  `apply_chat_template(messages, tools=tools, add_generation_prompt=True)`; assistant turns keep their structured
+  `tool_calls` (arguments as JSON objects, as transformers' templates expect) and tool results stay `role: tool`
+  messages with their `tool_call_id`, all rendered by the template. r2w's system prompt and the hints block stay in
+  the system message, so hint stripping and the leak checks see them as before. Taken only when the template both
+  renders tools (a one-message probe with one probe tool must show the tool's name: `apply_chat_template` drops
+  `tools` silently when a template ignores them) and writes calls as `<tool_call>{json}</tool_call>` (the Hermes
+  format of Qwen2/2.5/3, Hermes and many fine-tunes: the template text contains `<tool_call>`). Replies are then
+  parsed by `parse_reply` below, the same parser as the fallback's. A template that renders tools in another call
+  format (Llama 3.1 JSON, Mistral `[TOOL_CALLS]`) is NOT parsed here: it gets the fallback, with a log line.
+- Fallback (`TEXT_FALLBACK`, the empty string; SmolLM2-135M-Instruct and the tiny test model, whose templates have
+  no tool support): r2w writes the tools itself, byte-for-byte as before native tools existed, so caches, datasets
+  and results made before stay valid. What goes where: the tool schemas (one JSON object per line, keys sorted)
+  inside `<tools>...</tools>` after an instruction to reply with `<tool_call>{"name": ..., "arguments": {...}}
+  </tool_call>`, appended to the system message (`render_tools_block`) before the hints block; each earlier
+  assistant turn as its text followed by one `<tool_call>` block per call (`render_turn`); each tool result as a
+  `user` message `<tool_response name=NAME>\nRESULT\n</tool_response>` (`as_text_messages`). Why: those templates
+  know only role + content, and transformers' `parse_response` needs a `response_template` these tokenizers do not
+  ship.
+
+Decoding the JSON inside each block is the `json` module's job; a reply that does not parse is recorded as
+malformed (with the reason), scored as a failure by the environment, and never crashes a run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from r2w.contracts import Message, ToolCall, ToolFunction
 
+log = logging.getLogger(__name__)
+
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
+
+TEXT_FALLBACK = ""  # r2w writes tools and calls as text (also what every episode from before native tools used)
+TEMPLATE_HERMES = "template:hermes"  # the model's chat template renders the tools; calls are <tool_call> blocks
+PROBE_NAME = "r2w_probe_tool_3f9c"
+PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": PROBE_NAME,
+        "description": "Probe: does the chat template render tools?",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+_FORMATS: dict[str, str] = {}  # chat template text -> its tool format (the template alone decides it)
+
+
+def renders_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template shows tools passed as `apply_chat_template(tools=...)`."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tools=[PROBE_TOOL], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # noqa: BLE001 - a template that rejects tools (jinja errors, TypeError, ValueError) has none
+        return False
+    return isinstance(text, str) and PROBE_NAME in text
+
+
+def tool_format(tokenizer: Any) -> str:
+    """TEMPLATE_HERMES when the tokenizer's own template renders tools and writes `<tool_call>` blocks, else
+    TEXT_FALLBACK. Cached by the template's text, so a tokenizer whose template is replaced is probed again."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return TEXT_FALLBACK
+    key = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    if key not in _FORMATS:
+        fmt = TEXT_FALLBACK
+        if renders_tools(tokenizer):
+            if CALL_OPEN in key:
+                fmt = TEMPLATE_HERMES
+            else:
+                log.info(
+                    "the chat template renders tools, but not as %s blocks: r2w's text fallback is used", CALL_OPEN
+                )
+        _FORMATS[key] = fmt
+    return _FORMATS[key]
+
+
+def template_messages(messages: list[Message]) -> list[dict]:
+    """Messages as chat templates read them: OpenAI's shape, with each call's JSON-text arguments as an object
+    (transformers' tool-use convention; Qwen-style templates `tojson` them). Messages without calls dump as before."""
+    out = []
+    for m in messages:
+        data = m.model_dump()
+        for call in data.get("tool_calls", []):
+            try:
+                arguments = json.loads(call["function"].get("arguments") or "{}")
+            except json.JSONDecodeError:
+                continue  # an imported malformed call is shown as it was
+            if isinstance(arguments, dict):
+                call["function"]["arguments"] = arguments
+        out.append(data)
+    return out
 
 
 def render_tools_block(tools: list[dict]) -> str:

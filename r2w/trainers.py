@@ -6,15 +6,18 @@ orchestration stack, benchmarks, tests); tasks/distill.py wraps it as the cached
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from r2w.agent_prompt import is_chat_system
 from r2w.config import DistillConfig
 from r2w.contracts import DistillExample
-from r2w.distill_data import teacher_prompt, to_dpo_dataset, to_onpolicy_dataset, to_sft_dataset
+from r2w.distill_data import in_text_fallback, teacher_prompt, to_dpo_dataset, to_onpolicy_dataset, to_sft_dataset
+from r2w.tool_calls import TEXT_FALLBACK, tool_format
 from r2w.training import (
     assistant_masking_tokenizer,
     check_inputs,
@@ -101,6 +104,7 @@ def train_student(
     last = last_checkpoint(checkpoints) if resume else None
 
     tokenizer = load_tokenizer(base_model)
+    train, validation = in_student_format(train, tokenizer), in_student_format(validation, tokenizer)
     # float32 master weights: bf16=True means autocast compute, and the round trip then compares like with like.
     model = load_model(base_model, torch.float32)
     settings = trainer_settings(cfg, checkpoints, seed, save_steps)
@@ -166,22 +170,50 @@ def _with_method(cfg: DistillConfig, method: str) -> DistillConfig:
     return DistillConfig.model_validate({**cfg.model_dump(), "method": method})  # validated: batch vs samples
 
 
-def n_tokens(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> int:
+def in_student_format(examples: list[DistillExample], tokenizer) -> list[DistillExample]:
+    """The examples as the student's own chat template shows tool conversations at inference (r2w/tool_calls.py).
+
+    A student without native tool support gets native examples rewritten exactly into the text fallback (a teacher
+    whose template renders tools can teach it). A student whose template renders tools cannot learn from
+    text-fallback tool prompts (e.g. a teacher behind an OpenAI-compatible server, which sends tools as text): the
+    text cannot be turned back into the structure its template renders, so that stops the run.
+    """
+    if tool_format(tokenizer) == TEXT_FALLBACK:
+        return [in_text_fallback(e) for e in examples]
+    if text := [e.example_id for e in examples if not e.tools and e.prompt and is_chat_system(e.prompt[0].content)]:
+        raise ValueError(
+            f"distill: {len(text)} tool-calling examples (e.g. {text[0]}) were played with r2w's text tool fallback, "
+            f"but {getattr(tokenizer, 'name_or_path', 'the student')}'s chat template renders tools itself: the "
+            "student would learn on prompts it never sees; play the teacher on models.backend transformers or vllm"
+        )
+    return examples
+
+
+def n_tokens(tokenizer, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> int:
     """Tokens of `messages` under the chat template (transformers 5 returns a BatchEncoding unless told not to)."""
     ids = tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False, tools=tools or None
     )
     return len(ids)
 
 
-def require_a_trainable_row(tokenizer, rows: list[list[dict]], max_length: int) -> None:
+def row_tools(dataset) -> list[list[dict] | None]:
+    """Each row's tools as TRL passes them to the template (the JSON `tools` column; None where there is none)."""
+    if dataset is None:
+        return []
+    if "tools" not in dataset.column_names:
+        return [None] * len(dataset)
+    return [json.loads(t) if t else None for t in dataset["tools"]]
+
+
+def require_a_trainable_row(tokenizer, rows: list[list[dict]], max_length: int, tools: list | None = None) -> None:
     """TRL cuts conversations at `max_length` and drops those left with no assistant token (no loss); if that
     leaves nothing, say why before TRL fails on an empty dataset. A row is lost when the text before its first
     assistant turn (system prompt with the tools, user turns) already fills `max_length`."""
     starts = []
-    for row in rows:
+    for row, row_tool in zip(rows, tools or [None] * len(rows), strict=True):
         first = next((i for i, m in enumerate(row) if m["role"] == "assistant"), len(row))
-        starts.append(n_tokens(tokenizer, row[:first], add_generation_prompt=True))
+        starts.append(n_tokens(tokenizer, row[:first], add_generation_prompt=True, tools=row_tool))
     kept = sum(n < max_length for n in starts)
     if starts and kept == 0:
         raise ValueError(
@@ -206,11 +238,12 @@ def _sft_trainer(cfg: DistillConfig, settings: dict, model, tokenizer, train, va
     eval_set = to_sft_dataset(validation, whole) if validation else None
     if whole:
         rows = list(train_set["messages"]) + (list(eval_set["messages"]) if eval_set is not None else [])
-        tokenizer = assistant_masking_tokenizer(tokenizer, rows)
-        if over := sum(n_tokens(tokenizer, r) > cfg.max_length for r in rows):
+        tools = row_tools(train_set) + row_tools(eval_set)
+        tokenizer = assistant_masking_tokenizer(tokenizer, rows, tools)
+        if over := sum(n_tokens(tokenizer, r, tools=t) > cfg.max_length for r, t in zip(rows, tools, strict=True)):
             log.warning("%d of %d conversations exceed distill.max_length=%d: their last turns are cut", over,
                         len(rows), cfg.max_length)  # fmt: skip
-        require_a_trainable_row(tokenizer, list(train_set["messages"]), cfg.max_length)
+        require_a_trainable_row(tokenizer, list(train_set["messages"]), cfg.max_length, row_tools(train_set))
     return SFTTrainer(
         model=model,
         args=SFTConfig(**settings, max_length=cfg.max_length, assistant_only_loss=whole),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from r2w.config import DistillConfig
 from r2w.contracts import DistillExample, content_hash
+from r2w.distill_data import conversation_messages
 from r2w.models import CHATML_TRAINING_TEMPLATE, READY
 
 log = logging.getLogger(__name__)
@@ -139,13 +140,15 @@ def load_tokenizer(base_model: Path):
     return tokenizer
 
 
-def assistant_masking_tokenizer(tokenizer, conversations: list[list[dict]]):
+def assistant_masking_tokenizer(tokenizer, conversations: list[list[dict]], tools: list | None = None):
     """A copy of the tokenizer whose chat template marks assistant turns for TRL's `assistant_only_loss`.
 
     Its own template if it has `{% generation %}` markers; else TRL's training variant of it (TRL knows Qwen,
     Llama 3, Gemma, ...); else r2w's ChatML one (SmolLM2 and the test model). Whichever it is, it must render every
     training conversation byte-for-byte as the model's own template does, or the student would learn on inputs
-    it never sees at inference: that is checked here and a difference stops the run.
+    it never sees at inference: that is checked here and a difference stops the run. `tools` holds each
+    conversation's tools (native tool path, r2w/tool_calls.py; None where the template gets none), rendered as
+    TRL renders them.
     """
     import copy
 
@@ -159,9 +162,9 @@ def assistant_masking_tokenizer(tokenizer, conversations: list[list[dict]]):
             template = get_training_chat_template(tokenizer) or own
         except ValueError:  # a template TRL has no training variant of
             template = CHATML_TRAINING_TEMPLATE
-    for i, messages in enumerate(conversations):
-        if tokenizer.apply_chat_template(messages, tokenize=False) != tokenizer.apply_chat_template(
-            messages, tokenize=False, chat_template=template
+    for i, (messages, row_tools) in enumerate(zip(conversations, tools or [None] * len(conversations), strict=True)):
+        if tokenizer.apply_chat_template(messages, tokenize=False, tools=row_tools) != tokenizer.apply_chat_template(
+            messages, tokenize=False, chat_template=template, tools=row_tools
         ):
             raise ValueError(
                 f"distill: training conversation {i}: the assistant-masking chat template renders it differently "
@@ -202,8 +205,7 @@ def check_inputs(tokenizer, examples: list[DistillExample]) -> list:
     """Full sequences (prompt + action) used to compare logits across the save/reload round trip."""
     ids = []
     for e in examples:
-        messages = [m.model_dump() for m in e.prompt] + [{"role": "assistant", "content": e.completion}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        text = tokenizer.apply_chat_template(conversation_messages(e), tokenize=False, tools=e.tools or None)
         ids.append(tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"])
     return ids
 

@@ -246,6 +246,12 @@ def _conversation_example(
     return example.model_copy(update={"loss_on": "assistant_turns"}) if example else None
 
 
+def native_tools(episode: Episode) -> list[dict]:
+    """The tools an example must carry to be rendered as it was played: those of an episode played with the
+    model's own tool template (r2w/tool_calls.py); none for the text fallback, whose tools are in the prompt."""
+    return episode.tools if episode.tool_format else []
+
+
 def _unseen_example(
     traj: Trajectory,
     prompt: list[Message],
@@ -256,7 +262,8 @@ def _unseen_example(
     teacher_context: str = "",
 ) -> DistillExample | None:
     """A content-addressed example, or None (counted as a duplicate) when an identical one was already taken."""
-    example_id = example_hash(prompt, completion, rejected)
+    tools = native_tools(traj.episode)
+    example_id = example_hash(prompt, completion, rejected, tools)
     if example_id in seen:
         counts["duplicates"] += 1
         return None
@@ -270,6 +277,7 @@ def _unseen_example(
         rejected=rejected,
         teacher_context=teacher_context,
         trajectory_id=traj.trajectory_id,
+        tools=tools,
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from r2w.contracts import Message
+from r2w.tool_calls import template_messages
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,23 @@ class ChoiceScores:
     choice_tokens: list[int]
 
 
+def render_prompt(tokenizer: Any, messages: list[Message], tools: list[dict] | None = None) -> str:
+    """The prompt text of one generation. Without `tools`: exactly as r2w always rendered it (text-fallback tool
+    prompts included). With `tools` (the native tool path, r2w/tool_calls.py): the model's own template renders
+    them and the structured tool calls and tool messages."""
+    if tools:
+        return tokenizer.apply_chat_template(
+            template_messages(messages), tools=tools, tokenize=False, add_generation_prompt=True
+        )
+    return tokenizer.apply_chat_template([m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True)
+
+
+def check_tools(prompts: list, tools: list[list[dict] | None] | None) -> None:
+    """`tools` is one tool list (or None) per prompt, or None."""
+    if tools is not None and len(tools) != len(prompts):
+        raise ValueError(f"tools: expected one tool list (or None) per prompt ({len(prompts)}), got {len(tools)}")
+
+
 def check_choices(prompts: list, choices: list[list[str]] | None) -> None:
     """`choices` is one list of allowed replies per prompt, or None."""
     if choices is not None and len(choices) != len(prompts):
@@ -71,7 +89,9 @@ def check_choices(prompts: list, choices: list[list[str]] | None) -> None:
 class GenerationBackend(Protocol):
     """What every caller may use. `identity` names the weights (model path, adapter hash, dtype, seed): it
     enters Prefect cache keys and every episode's provenance. `model_path`/`adapter_path` are the local
-    weights (None for a remote server): retention and canary probes compute logits from them."""
+    weights (None for a remote server): retention and canary probes compute logits from them. Backends that render
+    prompts with the model's own template (transformers, the vLLM engine) also take `tools=` per prompt in
+    `generate` and say so with `native_tools = True` (r2w/tool_calls.py)."""
 
     name: str
     identity: str

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import torch
 
-from r2w.backends.base import ChoiceScores, Completion, SamplingParams, check_choices, draw_seed
+from r2w.backends.base import (
+    ChoiceScores,
+    Completion,
+    SamplingParams,
+    check_choices,
+    check_tools,
+    draw_seed,
+    render_prompt,
+)
 from r2w.contracts import Message
 
 MICRO_BATCH = 32
@@ -57,10 +65,10 @@ class TransformersBackend:
     def close(self) -> None:
         """Nothing to stop: the model lives in this process (the GenerationBackend protocol asks for close)."""
 
-    def render(self, messages: list[Message]) -> str:
-        return self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
-        )
+    native_tools = True  # `tools`: per prompt, rendered by the model's chat template (r2w/tool_calls.py)
+
+    def render(self, messages: list[Message], tools: list[dict] | None = None) -> str:
+        return render_prompt(self.tokenizer, messages, tools)
 
     @torch.inference_mode()
     def generate(
@@ -69,11 +77,13 @@ class TransformersBackend:
         params: SamplingParams,
         choices: list[list[str]] | None = None,
         schemas: list[str | None] | None = None,
+        tools: list[list[dict] | None] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
+        check_tools(prompts, tools)
         if schemas is not None and (len(schemas) != len(prompts) or (choices and any(schemas))):
             raise ValueError("schemas: one per prompt (or None), and not together with choices")
-        texts = [self.render(p) for p in prompts]
+        texts = [self.render(p, tools[i] if tools else None) for i, p in enumerate(prompts)]
         rows = [(i, j) for i in range(len(texts)) for j in range(params.n)]
         if schemas:  # constrained rows first, so a micro-batch is all constrained or all free
             rows.sort(key=lambda row: schemas[row[0]] is None)

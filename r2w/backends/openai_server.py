@@ -10,6 +10,11 @@ choice, by `choice_mode`:
 - 'free': no constraint (non-vLLM endpoints): the reply is mapped by `r2w.rollout.map_to_valid_action`;
 - 'auto': 'trie' when the server is vLLM with r2w's processor loaded (one probe request checks),
   'structured' for other vLLM servers (`GET /version` answers), else 'free'.
+
+Tool-calling tasks always use r2w's text fallback here (`native_tools = False`, r2w/tool_calls.py): tools are in the
+system message and calls and results are text, so any endpoint serves them the same way. Sending `tools` natively
+would depend on each server's own settings (vLLM answers `tool_choice: auto` only when started with
+`--enable-auto-tool-choice --tool-call-parser ...`, and then returns parsed `tool_calls` instead of text).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def _backoff(max_wait: float):
 
 class OpenAIServerBackend:
     name = "openai"
+    native_tools = False  # tool prompts are sent as text (module docstring)
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from r2w.backends.base import Completion, SamplingParams, check_choices, draw_seed
+from r2w.backends.base import Completion, SamplingParams, check_choices, check_tools, draw_seed, render_prompt
 from r2w.backends.hf import adapter_ref
 from r2w.backends.orphans import descendants, forget, reap_orphans, record_started
 from r2w.contracts import Message
@@ -132,10 +132,10 @@ class VLLMEngineBackend:
         self._calls = 0
         self.identity = f"vllm:{self.model_path.resolve()}:{adapter_ref(adapter_path)}:{dtype}:{seed}:{choice_mode}"
 
-    def render(self, messages: list[Message]) -> str:
-        return self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
-        )
+    native_tools = True  # `tools`: per prompt, rendered by the model's chat template (r2w/tool_calls.py)
+
+    def render(self, messages: list[Message], tools: list[dict] | None = None) -> str:
+        return render_prompt(self.tokenizer, messages, tools)
 
     def sampling_params(
         self, params: SamplingParams, choices: list[str] | None, request_seed: int | None, schema: str | None = None
@@ -175,14 +175,15 @@ class VLLMEngineBackend:
         params: SamplingParams,
         choices: list[list[str]] | None = None,
         schemas: list[str | None] | None = None,
+        tools: list[list[dict] | None] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
+        check_tools(prompts, tools)
         if not prompts:
             return []
         self._calls += 1
-        token_prompts = [
-            {"prompt_token_ids": self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"]} for p in prompts
-        ]
+        texts = [self.render(p, tools[i] if tools else None) for i, p in enumerate(prompts)]
+        token_prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
         sps = [
             self.sampling_params(
                 params, choices[i] if choices else None, self._request_seed(params, i), schemas[i] if schemas else None
