@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from evaluation.environments import release_idle
 from r2w.agent_prompt import is_chat_system
 from r2w.config import DistillConfig, R2WConfig
 from r2w.contracts import DistillExample, Episode, Hint, Message, Step, Trajectory, content_hash
@@ -353,6 +354,7 @@ def train(cfg: R2WConfig, dataset: DistillSet, start: StudentBase) -> StudentArt
     key = [dataset.examples.hash, cfg.distill.model_dump(mode="json"), *parent]
     out_dir = cfg.data_path / "students" / content_hash(key)[:16]
     examples = load_records(dataset.examples, DistillExample)
+    release_idle()  # idle environment JVMs would hold memory and CPU while the student trains
     threads, why = fastest_threads(cfg.runtime.train_threads)  # how fast, not what: outside the folder's key
     log.info("training on %d torch thread(s) (%s)", threads, why)
     with torch_threads(threads):

@@ -167,3 +167,29 @@ def test_without_actions_never_empties_the_action_list():
     assert without_actions(obs, {"a"}).valid_actions == ["b"]
     assert without_actions(obs, {"a", "b"}).valid_actions == ["a", "b"]  # nothing left: keep them all
     assert without_actions(obs, set()) is obs
+
+
+def test_closed_twx_environments_are_reused_and_released():
+    """A closed environment goes back to its process's idle pool; the next make() of the same kind takes it
+    and plays a new task from scratch; another kind never gets it; release_idle() stops the JVMs."""
+    from evaluation.environments import release_idle
+    from evaluation.environments.twx import _IDLE, TWXFactory
+    from r2w.environment import TaskSpec
+
+    release_idle()
+    factory = TWXFactory("twc", None, 6)
+    first = factory.make()
+    _, before = first.reset(TaskSpec("twx", "twc", "test", 1))
+    first.step(before.valid_actions[0])
+    first.close()
+    again = factory.make()
+    assert again is first  # no new JVM
+    text, obs = again.reset(TaskSpec("twx", "twc", "test", 1))
+    assert obs == before and text  # the task starts over, nothing of the earlier steps left
+    other = TWXFactory("twc", None, 9).make()  # another step limit: another kind
+    assert other is not first
+    again.close()
+    other.close()
+    assert sum(len(idle) for idle in _IDLE.values()) == 2
+    release_idle()
+    assert not any(_IDLE.values())

@@ -5,13 +5,19 @@ from __future__ import annotations
 from evaluation.environments.bfcl import BFCLFactory
 from evaluation.environments.reasoning_gym import ReasoningGymFactory
 from evaluation.environments.trace_replay import TraceReplayFactory
-from evaluation.environments.twx import TWXFactory
+from evaluation.environments.twx import TWXFactory, shutdown_idle
 from r2w.config import ConfigError, EnvConfig
 from r2w.contracts import Episode
 from r2w.environment import ChatEnvironmentFactory, Environment, EnvironmentFactory, Observation, TaskSpec
 from r2w.plugins import load_chat_environment
 
-__all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make_environment"]
+__all__ = ["Environment", "EnvironmentFactory", "Observation", "TaskSpec", "make_environment", "release_idle"]
+
+
+def release_idle() -> None:
+    """Stop the started environments kept idle for the next rollout (TWX's JVMs, ~65 MB and a little CPU
+    each): before a long phase without rollouts, such as training."""
+    shutdown_idle()
 
 
 def make_environment(
