@@ -165,6 +165,12 @@ class ModelsConfig(Section):
     max_retries: int = Field(
         5, ge=0, le=20, description="hosted servers: retries on 429/5xx/connection errors, exponential backoff"
     )
+    teacher_tools: Literal["text", "native", "auto"] = Field(
+        "text",
+        description="teacher_url, tool-calling tasks: 'text' writes tools and calls into the prompt (any server); "
+        "'native' sends the API's `tools` and reads parsed `tool_calls` (vLLM: --enable-auto-tool-choice); "
+        "'auto' asks the server once",
+    )
     teacher_usd_per_1m_tokens: float = Field(
         0.0, ge=0, description="teacher_url: price per million tokens, for the per-stage cost (0: not priced)"
     )

@@ -128,10 +128,15 @@ class LLMPolicy:
     @property
     def tool_format(self) -> str:
         """How tool-calling prompts are written (r2w/tool_calls.py): by the model's own chat template where the
-        backend renders with it and the template supports tools, else r2w's text fallback. Recorded per episode."""
+        backend renders with it and the template supports tools, or the server's own tool API where the backend
+        says so (`backend.tool_format`), else r2w's text fallback. Recorded per episode."""
         if self._tool_format is None:
+            declared = getattr(self.backend, "tool_format", None)
             native = getattr(self.backend, "native_tools", False)
-            self._tool_format = tool_format(self.backend.tokenizer) if native else TEXT_FALLBACK
+            if isinstance(declared, str):
+                self._tool_format = declared
+            else:
+                self._tool_format = tool_format(self.backend.tokenizer) if native else TEXT_FALLBACK
         return self._tool_format
 
     def prompt_for(self, state: EpisodeState) -> list[Message]:

@@ -22,6 +22,12 @@ Two paths, chosen per tokenizer by `tool_format` (recorded on every chat episode
   know only role + content, and transformers' `parse_response` needs a `response_template` these tokenizers do not
   ship.
 
+- Server API (`API_TOOLS`; an OpenAI-compatible server with `models.teacher_tools: native`): the tools go in the
+  request's `tools` field and the server's own parser returns `tool_calls` (vLLM with `--enable-auto-tool-choice
+  --tool-call-parser ...`). The conversation keeps its structure as on the template path (the server renders it with
+  the model's template); `api_reply_text` writes the returned calls back as `<tool_call>` blocks, so one parser reads
+  every path and the datasets look the same whoever produced them.
+
 Decoding the JSON inside each block is the `json` module's job; a reply that does not parse is recorded as
 malformed (with the reason), scored as a failure by the environment, and never crashes a run.
 """
@@ -43,6 +49,7 @@ _BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.
 
 TEXT_FALLBACK = ""  # r2w writes tools and calls as text (also what every episode from before native tools used)
 TEMPLATE_HERMES = "template:hermes"  # the model's chat template renders the tools; calls are <tool_call> blocks
+API_TOOLS = "api:openai"  # an OpenAI-compatible server takes `tools` and returns parsed `tool_calls`
 PROBE_NAME = "r2w_probe_tool_3f9c"
 PROBE_TOOL = {
     "type": "function",
@@ -143,6 +150,26 @@ def as_text_messages(messages: list[Message]) -> list[Message]:
         else:
             out.append(Message(role=m.role, content=m.content))
     return out
+
+
+def api_reply_text(message: dict) -> str:
+    """An OpenAI chat-completions reply message as the text the model wrote: its content, then one `<tool_call>`
+    block per server-parsed call. Arguments that are not JSON stay as they came, so the block parses as a
+    malformed call (counted, never a crash) instead of being silently repaired."""
+    content = (message.get("content") or "").strip()
+    blocks = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        name = json.dumps(function.get("name") or "", ensure_ascii=False)
+        raw = function.get("arguments")
+        if not isinstance(raw, str):  # some servers send an object
+            raw = json.dumps(raw if raw is not None else {}, ensure_ascii=False)
+        try:
+            arguments = json.dumps(json.loads(raw or "{}"), ensure_ascii=False)
+        except json.JSONDecodeError:
+            arguments = raw
+        blocks.append(f'{CALL_OPEN}{{"name": {name}, "arguments": {arguments}}}{CALL_CLOSE}')
+    return "\n".join(([content] if content else []) + blocks)
 
 
 @dataclass

@@ -175,8 +175,8 @@ def in_student_format(examples: list[DistillExample], tokenizer) -> list[Distill
 
     A student without native tool support gets native examples rewritten exactly into the text fallback (a teacher
     whose template renders tools can teach it). A student whose template renders tools cannot learn from
-    text-fallback tool prompts (e.g. a teacher behind an OpenAI-compatible server, which sends tools as text): the
-    text cannot be turned back into the structure its template renders, so that stops the run.
+    text-fallback tool prompts (e.g. a teacher behind an OpenAI-compatible server with `models.teacher_tools: text`):
+    the text cannot be turned back into the structure its template renders, so that stops the run.
     """
     if tool_format(tokenizer) == TEXT_FALLBACK:
         return [in_text_fallback(e) for e in examples]
@@ -184,7 +184,8 @@ def in_student_format(examples: list[DistillExample], tokenizer) -> list[Distill
         raise ValueError(
             f"distill: {len(text)} tool-calling examples (e.g. {text[0]}) were played with r2w's text tool fallback, "
             f"but {getattr(tokenizer, 'name_or_path', 'the student')}'s chat template renders tools itself: the "
-            "student would learn on prompts it never sees; play the teacher on models.backend transformers or vllm"
+            "student would learn on prompts it never sees; play the teacher on models.backend transformers or vllm, "
+            "or, for a teacher behind models.teacher_url, set models.teacher_tools: native"
         )
     return examples
 

