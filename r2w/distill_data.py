@@ -179,12 +179,14 @@ def assistant_turn(step: Step, native: bool) -> Message:
     return Message(role="assistant", content=parse_tool_calls(step.action).content, tool_calls=step.tool_calls)
 
 
-def final_turn(example: DistillExample) -> dict:
-    """The completion as the conversation's last assistant message: text (fallback), or text and calls (native)."""
+def final_turn(example: DistillExample, text: str | None = None) -> dict:
+    """The completion (or `text`, e.g. DPO's rejected turn) as the conversation's next assistant message: text
+    (fallback), or text and calls (native)."""
+    text = example.completion if text is None else text
     if not example.tools:
-        return {"role": "assistant", "content": example.completion}
+        return {"role": "assistant", "content": text}
     turn = sum(m.role == "assistant" for m in example.prompt)  # ids as the rollout gave them: call_<turn>_<i>
-    parsed = parse_tool_calls(example.completion, turn)
+    parsed = parse_tool_calls(text, turn)
     return template_messages([Message(role="assistant", content=parsed.content, tool_calls=parsed.calls)])[0]
 
 
@@ -265,37 +267,50 @@ def conversation_messages(example: DistillExample) -> list[dict]:
     return template_messages(example.prompt) + [final_turn(example)]
 
 
-def native_tools_only_for_sft(examples: list[DistillExample], method: str) -> None:
-    """DPO and on-policy rows are rendered without a `tools` argument: refuse native tool examples there."""
+def native_tools_not_for(examples: list[DistillExample], method: str) -> None:
+    """On-policy rows are rendered without a `tools` argument: refuse native tool examples there."""
     if native := [e.example_id for e in examples if e.tools]:
         raise ValueError(
             f"distill.method={method}: {len(native)} examples (e.g. {native[0]}) come from episodes played with "
-            "the model's own tool template, which only method=sft trains so far"
+            "the model's own tool template, which method=sft and method=dpo train"
         )
 
 
 def to_dpo_dataset(pairs: list[DistillExample]):
-    """Conversational prompt/chosen/rejected rows."""
-    from datasets import Dataset
+    """Conversational prompt/chosen/rejected rows. Pairs from native tool conversations (the model's own tool
+    template) keep structured calls in all three and add TRL's `tools` column, which DPOTrainer passes to the
+    template; their messages are JSON values, for the reason given in `to_sft_dataset`."""
+    from datasets import Dataset, Features, Json, List, Value
 
-    native_tools_only_for_sft(pairs, "dpo")
-    return Dataset.from_list(
-        [
-            {
-                "prompt": [m.model_dump() for m in p.prompt],
-                "chosen": [{"role": "assistant", "content": p.completion}],
-                "rejected": [{"role": "assistant", "content": p.rejected}],
-            }
-            for p in pairs
-        ]
-    )
+    if not any(p.tools for p in pairs):
+        return Dataset.from_list(
+            [
+                {
+                    "prompt": [m.model_dump() for m in p.prompt],
+                    "chosen": [{"role": "assistant", "content": p.completion}],
+                    "rejected": [{"role": "assistant", "content": p.rejected}],
+                }
+                for p in pairs
+            ]
+        )
+    rows = [
+        {
+            "prompt": template_messages(p.prompt),
+            "chosen": [final_turn(p)],
+            "rejected": [final_turn(p, p.rejected)],
+            "tools": json.dumps(p.tools or None),
+        }
+        for p in pairs
+    ]
+    columns = {"prompt": List(Json()), "chosen": List(Json()), "rejected": List(Json()), "tools": Value("string")}
+    return Dataset.from_list(rows, features=Features(columns))
 
 
 def to_onpolicy_dataset(examples: list[DistillExample]):
     """One row per distinct (hint-free state, hints block); states without hints carry no teacher signal."""
     from datasets import Dataset
 
-    native_tools_only_for_sft(examples, "onpolicy")
+    native_tools_not_for(examples, "onpolicy")
     rows = {}
     for e in examples:
         if e.teacher_context:

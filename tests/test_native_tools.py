@@ -21,7 +21,7 @@ from r2w.backends.base import SamplingParams, render_prompt
 from r2w.backends.hf import TransformersBackend
 from r2w.config import DistillConfig, LoraConfig
 from r2w.contracts import Hint, Message, ToolCall, ToolFunction, Trajectory
-from r2w.distill_data import in_text_fallback, to_sft_dataset
+from r2w.distill_data import in_text_fallback, to_dpo_dataset, to_sft_dataset
 from r2w.rollout import Decision, LLMPolicy, run_chat_episodes
 from r2w.tool_calls import (
     TEMPLATE_HERMES,
@@ -32,9 +32,9 @@ from r2w.tool_calls import (
     template_messages,
     tool_format,
 )
-from r2w.trainers import _sft_trainer, in_student_format, train_sft
+from r2w.trainers import _dpo_trainer, _sft_trainer, in_student_format, train_dpo, train_sft
 from r2w.training import load_model, load_tokenizer, trainer_settings
-from tasks.distill import build_examples
+from tasks.distill import build_dpo_pairs, build_examples
 
 torch.set_num_threads(1)
 
@@ -73,8 +73,8 @@ class ScriptedDesk:
 
     name = model_id = "scripted-desk"
 
-    def __init__(self, tool_format: str) -> None:
-        self.tool_format = tool_format
+    def __init__(self, tool_format: str, fraction: float = 1.0) -> None:
+        self.tool_format, self.fraction = tool_format, fraction  # fraction < 1: refunds too little (fails)
 
     def act_chat(self, states):
         out = []
@@ -83,7 +83,7 @@ class ScriptedDesk:
             if not s.steps:
                 turn = Message(role="assistant", tool_calls=[_call("lookup_order", {"order_id": order}, 0)])
             elif len(s.steps) == 1:
-                amount = json.loads(s.conversation[-1].content)["amount"]
+                amount = json.loads(s.conversation[-1].content)["amount"] * self.fraction
                 args = {"order_id": order, "amount": amount}
                 turn = Message(role="assistant", content="Refunding.", tool_calls=[_call("refund", args, 1)])
             else:
@@ -94,10 +94,16 @@ class ScriptedDesk:
         return out
 
 
-def trajectories(tool_format: str, n: int = 3) -> list[Trajectory]:
+def played(tool_format: str, n: int = 3, fraction: float = 1.0, hints: bool = True):
     factory, block = HelpDesk(), render_hints_block([HINT])
-    episodes = run_chat_episodes(factory, [(t, 0) for t in factory.tasks("train", n)], ScriptedDesk(tool_format),
-                                 5, hints_for=lambda *_: ([HINT.hint_id], block))  # fmt: skip
+    hints_for = (lambda *_: ([HINT.hint_id], block)) if hints else None
+    jobs = [(t, 0) for t in factory.tasks("train", n)]
+    return run_chat_episodes(factory, jobs, ScriptedDesk(tool_format, fraction), 5, hints_for=hints_for)
+
+
+def trajectories(tool_format: str, n: int = 3) -> list[Trajectory]:
+    block = render_hints_block([HINT])
+    episodes = played(tool_format, n)
     assert all(e.success and e.tool_format == tool_format for e in episodes)
     return [Trajectory(trajectory_id=f"t-{e.task_id}", episode=e, hint_ids=[HINT.hint_id], hints_block=block)
             for e in episodes]  # fmt: skip
@@ -234,3 +240,35 @@ def test_the_fallback_prompt_is_byte_identical_to_before(tiny_backend):
     assert tool_format(tiny_backend.tokenizer) == TEXT_FALLBACK
     assert tiny_backend.render(prompt) == FALLBACK_GOLDEN.read_text(encoding="utf-8")
     assert build_chat_messages(CONVERSATION, TOOLS, block, native=False) == prompt
+
+
+def test_dpo_pairs_of_native_conversations_train_with_the_templates_tools(tiny_model, tmp_path):
+    """Teacher and base part at the refund turn: the pair keeps structured calls, TRL's DPOTrainer renders prompt,
+    chosen and rejected with the tools (its own `tools` column), and one real DPO step runs. A student without
+    tool support gets the same pairs in the text fallback."""
+    half = played(TEMPLATE_HERMES, fraction=0.5, hints=False)  # the base agent refunds half: fails
+    assert not any(e.success for e in half) and {e.tool_format for e in half} == {TEMPLATE_HERMES}
+    pairs, counts = build_dpo_pairs(trajectories(TEMPLATE_HERMES), half, [HINT], cfg())
+    assert counts["diverged"] == 3 and len(pairs) == 3 and all(p.tools == TOOLS for p in pairs)
+    assert [m.role for m in pairs[0].prompt] == ["system", "user", "assistant", "tool"]
+    dataset = to_dpo_dataset(pairs)
+    assert json.loads(dataset["tools"][0]) == TOOLS
+    chosen, rejected = (dataset[c][0][0]["tool_calls"][0]["function"]["arguments"] for c in ("chosen", "rejected"))
+    assert isinstance(chosen, dict) and chosen["amount"] == 2 * rejected["amount"]
+    model = qwen_model(tiny_model, tmp_path / "qwen-tiny")
+    tokenizer = load_tokenizer(model)
+    settings = trainer_settings(cfg(method="dpo", max_steps=1), tmp_path / "ckpt", seed=0)
+    trainer = _dpo_trainer(cfg(method="dpo"), settings, load_model(model, torch.float32), tokenizer, pairs, [])
+    row, pair = trainer.train_dataset[0], next(p for p in pairs if p.example_id == pairs[0].example_id)
+    prompt = tokenizer.apply_chat_template(
+        dataset["prompt"][0], tools=TOOLS, tokenize=False, add_generation_prompt=True
+    )
+    assert tokenizer.decode(row["prompt_ids"]) == prompt and "# Tools" in prompt
+    for ids, text in ((row["chosen_ids"], pair.completion), (row["rejected_ids"], pair.rejected)):
+        amount = json.loads(parse_reply(text).calls[0].function.arguments)["amount"]
+        assert f'"amount": {amount}' in tokenizer.decode(ids) and "<tool_call>" in tokenizer.decode(ids)
+    art = train_dpo(pairs, model, cfg(max_steps=1), tmp_path / "student", seed=0)
+    assert art.steps == 1
+    fallback = in_student_format(pairs, load_tokenizer(tiny_model))
+    assert all(not p.tools and "You may call these tools" in p.prompt[0].content for p in fallback)
+    assert "tools" not in to_dpo_dataset(fallback).column_names
