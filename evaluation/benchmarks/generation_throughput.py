@@ -11,7 +11,10 @@ and the script prints generated tokens/s for each, the vLLM/transformers ratio a
 over bare vLLM (wall time of 2 / wall time of 3 - 1). Two workloads:
 
 - `free`: greedy, up to --max-tokens new tokens per prompt (the throughput figure);
-- `choice`: the real teacher step: n=4 samples at temperature 1.0 constrained to the valid actions.
+- `choice`: the real teacher step: n=4 samples at temperature 1.0 constrained to the valid actions;
+- `greedy`: the evaluation's step: one greedy reply constrained to the valid actions.
+
+`--dtype auto` (the default) takes what the CPU runs fast (r2w/precision.py: float32 on AVX2-only machines).
 
 Command (repo root, venv active; ~2-4 min on a 2-core CPU, SmolLM2 provisioned by `r2w models pull`):
 
@@ -32,6 +35,7 @@ from r2w.backends import SamplingParams, TransformersBackend, VLLMEngineBackend
 from r2w.config import EnvConfig
 from r2w.contracts import Hint
 from r2w.models import resolve_model
+from r2w.precision import resolve_dtype
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,9 +73,9 @@ def count_tokens(completions) -> tuple[int, int]:
     return sum(sum(c.completion_tokens) for c in completions), sum(c.prompt_tokens for c in completions)
 
 
-def run_vllm(model: Path, prompts: list, workloads: dict, repeats: int) -> tuple[dict[str, dict], float]:
+def run_vllm(model: Path, prompts: list, workloads: dict, repeats: int, dtype: str) -> tuple[dict[str, dict], float]:
     """Time r2w's VLLMEngineBackend and bare `LLM.generate` (same engine, same token ids and params)."""
-    backend, startup = common.timed(VLLMEngineBackend, model, dtype="bfloat16", seed=0)
+    backend, startup = common.timed(VLLMEngineBackend, model, dtype=dtype, seed=0)
     results: dict[str, dict] = {}
     try:
         for name, (params, ch) in workloads.items():
@@ -109,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=2, help="timed repeats of each vLLM run (best is reported)")
     ap.add_argument("--workloads", default="free,choice")
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     ap.add_argument("--json", help="also write the figures to this file (atomically)")
     args = ap.parse_args(argv)
     common.setup(args.data_dir, threads=1)
+    dtype, why = resolve_dtype(args.dtype)
 
     model = resolve_model(args.model, args.data_dir)
     batch = teacher_prompts(args.prompts)
@@ -120,15 +126,17 @@ def main(argv: list[str] | None = None) -> dict:
     workloads = {
         "free": (SamplingParams(n=1, temperature=0.0, max_tokens=args.max_tokens), None),
         "choice": (SamplingParams(n=4, temperature=1.0, top_p=1.0, max_tokens=12), choices),
+        "greedy": (SamplingParams(n=1, temperature=0.0, max_tokens=12), choices),
     }
     selected = [w.strip() for w in args.workloads.split(",") if w.strip()]
     print(f"model={model.name} prompts={len(prompts)} cpus={os.cpu_count()} load(1m)={os.getloadavg()[0]:.2f}")
+    print(f"dtype={dtype} ({why}); machine: {common.machine()}")
 
-    results, startup = run_vllm(model, prompts, {w: workloads[w] for w in selected}, args.repeats)
+    results, startup = run_vllm(model, prompts, {w: workloads[w] for w in selected}, args.repeats, dtype)
     print(f"vLLM engine start-up: {startup:.1f} s")
 
     if not args.skip_transformers:
-        hf = TransformersBackend(model, dtype="bfloat16", seed=0)
+        hf = TransformersBackend(model, dtype=dtype, seed=0)
         for name in selected:
             params, ch = workloads[name]
             hf.generate(prompts[:4], params, ch[:4] if ch else None)  # warm-up
