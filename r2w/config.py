@@ -108,8 +108,8 @@ def check_paths(section: BaseModel, prefix: str = "") -> list[str]:
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         for i, item in items:
             problem = marker.problem(str(item))
-            if problem:
-                problems.append(f"{dotted if i is None else f'{dotted}[{i}]'}: {problem}")
+            if problem:  # it quotes the value (and the paths tried): scrubbed, as every quoted config value
+                problems.append(f"{dotted if i is None else f'{dotted}[{i}]'}: {scrub_text(problem)}")
     return problems
 
 

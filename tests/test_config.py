@@ -63,3 +63,13 @@ def test_score_selection_needs_a_backend_that_exposes_logits():
     with pytest.raises(ConfigError, match="action_selection=score .* models.backend=transformers, got 'auto'"):
         load_config("tidy6", {"agent.action_selection": "score"})
     assert load_config("test", {"agent.action_selection": "score"}).agent.action_selection == "score"
+
+
+@pytest.mark.parametrize("field", ["evaluate.general_text", "models.base", "hints.curated_packs"])
+def test_a_secret_in_a_path_field_is_scrubbed_from_the_missing_path_error(field):
+    """Found by the config fuzz: the 'no such path' error quoted the value (and the paths tried) as written."""
+    secret = "sk-planted9F3kQ7zLw2Xc5Vb8Nm1"
+    value = [f"key {secret}"] if field == "hints.curated_packs" else f"key {secret}"
+    with pytest.raises(ConfigError, match="no such path") as err:
+        load_config("demo", {field: value})
+    assert secret not in str(err.value) and field.split(".")[1] in str(err.value)
