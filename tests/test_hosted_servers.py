@@ -129,3 +129,9 @@ def test_a_run_with_a_hosted_teacher_and_extractor_never_stores_the_key(server, 
     assert PLANTED_KEY not in stored  # ... its value nowhere
     out, err = capfd.readouterr()
     assert PLANTED_KEY not in out + err
+
+
+def test_a_malformed_teacher_url_is_refused_without_echoing_a_key_in_it():
+    with pytest.raises(ValueError, match="models.teacher_url: expected http") as err:
+        OpenAIServerBackend(f"ftp://host/v1?key={PLANTED_KEY}")
+    assert PLANTED_KEY not in str(err.value)

@@ -32,6 +32,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from r2w.backends.base import Completion, SamplingParams, check_choices, check_tools, draw_seed
 from r2w.contracts import Message
 from r2w.credentials import redact
+from r2w.privacy import scrub_text
 from r2w.tool_calls import API_TOOLS, PROBE_TOOL, TEXT_FALLBACK, api_reply_text
 
 ChoiceMode = Literal["auto", "trie", "structured", "free"]
@@ -106,7 +107,7 @@ class OpenAIServerBackend:
         """
         base = url.rstrip("/")
         if not base.startswith(("http://", "https://")):
-            raise ValueError(f"models.teacher_url: expected http(s)://host:port/v1, got {url!r}")
+            raise ValueError(f"models.teacher_url: expected http(s)://host:port/v1, got {scrub_text(repr(url))}")
         self.url = base if base.endswith("/v1") else base + "/v1"
         self.root = self.url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
