@@ -244,6 +244,9 @@ class AgentConfig(Section):
     constrain_tool_calls: bool = Field(
         True, description="tool-calling tasks: decode each reply to the tools' JSON schema (vLLM, transformers)"
     )
+    parallel_tool_calls: bool = Field(
+        False, description="tool-calling tasks: a constrained reply may also be an array of calls (several a turn)"
+    )
     history: int = Field(3, ge=0, description="past (action, observation) pairs shown in the prompt")
     batch_size: int = Field(16, ge=1, description="episodes stepped in lockstep per generate call")
     constrained: bool = Field(True, description="constrain replies to the valid actions (else fuzzy-map free text)")

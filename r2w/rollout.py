@@ -108,9 +108,11 @@ class LLMPolicy:
         answer_max_tokens: int | None = None,
         selection: str = "generate",
         constrain_tools: bool = True,
+        parallel_tools: bool = False,
     ) -> None:
         self.backend, self.name, self.params = backend, name, params
         self.constrain_tools = constrain_tools  # tool-calling tasks: decode to the tools' JSON schema where possible
+        self.parallel_tools = parallel_tools  # ... where a reply may hold several calls (a JSON array)
         self.history, self.constrained = history, constrained
         if selection not in ("generate", "score"):
             raise ValueError(f"agent.action_selection: expected 'generate' or 'score', got {selection!r}")
@@ -182,7 +184,8 @@ class LLMPolicy:
         params = dataclasses.replace(self.answer_params, draw=draw_key(self.params.seed, self.name, states))
         kwargs: dict = {"tools": [s.tools or None for s in states]} if native else {}
         if self.constrain_tools and getattr(self.backend, "constrains_json", False):
-            kwargs["schemas"] = [json.dumps(reply_schema(s.tools)) if s.tools else None for s in states]
+            schemas = [json.dumps(reply_schema(s.tools, self.parallel_tools)) if s.tools else None for s in states]
+            kwargs["schemas"] = schemas
         completions = self.backend.generate(prompts, params, **kwargs)
         decisions = []
         for state, prompt, c in zip(states, prompts, completions, strict=True):
@@ -298,6 +301,7 @@ def agent_policy(cfg: R2WConfig, backend: GenerationBackend, name: str, temperat
         answer_max_tokens=cfg.agent.answer_max_new_tokens,
         selection=cfg.agent.action_selection,
         constrain_tools=cfg.agent.constrain_tool_calls,
+        parallel_tools=cfg.agent.parallel_tool_calls,
     )
 
 

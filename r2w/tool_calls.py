@@ -206,11 +206,13 @@ def parse_tool_calls(text: str, turn_index: int = 0) -> ParsedTurn:
 ANSWER_KEY = "answer"
 
 
-def reply_schema(tools: list[dict]) -> dict:
-    """A JSON schema for one reply: a call of one of the tools (name + its parameters) or a final answer.
+def reply_schema(tools: list[dict], parallel: bool = False) -> dict:
+    """A JSON schema for one reply: a call of one of the tools (name + its parameters) or a final answer; with
+    `parallel` (`agent.parallel_tool_calls`, OpenAI's `parallel_tool_calls`) also a JSON array of such calls, for
+    tasks that need several calls in one turn.
 
     Backends that constrain decoding to a schema (vLLM structured outputs) then never produce a
-    malformed call; the reply is `{"name": ..., "arguments": {...}}` or `{"answer": "..."}`.
+    malformed call; the reply is `{"name": ..., "arguments": {...}}`, `{"answer": "..."}` or `[{call}, ...]`.
     """
     options = []
     for tool in tools:
@@ -225,12 +227,22 @@ def reply_schema(tools: list[dict]) -> dict:
             }
         )
     answer = {"type": "object", "properties": {ANSWER_KEY: {"type": "string"}}, "required": [ANSWER_KEY]}
-    return {"anyOf": [*options, answer]}
+    several = [{"type": "array", "items": {"anyOf": options}, "minItems": 1}] if parallel and options else []
+    return {"anyOf": [*options, answer, *several]}
 
 
 def parse_reply(text: str, turn_index: int = 0) -> ParsedTurn:
-    """A reply in either form: `<tool_call>` blocks (free decoding) or one schema-constrained JSON object."""
+    """A reply in any form: `<tool_call>` blocks (free decoding), one schema-constrained JSON object, or a JSON
+    array of call objects (`reply_schema(..., parallel=True)`)."""
     stripped = text.strip()
+    if CALL_OPEN not in stripped and stripped.startswith("["):
+        try:
+            items = json.loads(stripped)
+        except json.JSONDecodeError:
+            items = None
+        if isinstance(items, list) and items:
+            blocks = [json.dumps(item, ensure_ascii=False) if not isinstance(item, str) else item for item in items]
+            return parse_tool_calls("".join(f"{CALL_OPEN}{b}{CALL_CLOSE}" for b in blocks), turn_index)
     if CALL_OPEN not in stripped and stripped.startswith("{"):
         try:
             payload = json.loads(stripped)

@@ -62,3 +62,28 @@ def test_the_agent_constrains_its_turns_on_the_transformers_backend(tiny_backend
     for episode, step in finished:
         jsonschema.validate(json.loads(step.response), reply_schema(episode.tools))
         assert step.malformed_tool_call == ""
+
+
+def test_parallel_replies_are_arrays_of_schema_valid_calls(tiny_backend):
+    """agent.parallel_tool_calls: the schema also admits an array of calls, and such a reply parses as every call
+    in it (BFCL's parallel categories need several calls in one turn; the one-call schema made them unreachable)."""
+    several = {"anyOf": reply_schema(TOOLS, parallel=True)["anyOf"][-1:]}  # only the array: it must be taken
+    assert reply_schema(TOOLS)["anyOf"] == reply_schema(TOOLS, parallel=True)["anyOf"][:-1]  # off: as before
+    prompt = build_chat_messages([Message(role="user", content="Weather for 3 days, and the time?")], TOOLS)
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=200, seed=0)
+    (out,) = tiny_backend.generate([prompt], params, schemas=[json.dumps(several)])
+    finished = [t for t in out.texts if t.rstrip().endswith("]")]
+    assert finished
+    for text in finished:
+        items = json.loads(text)
+        jsonschema.validate(items, several)
+        parsed = parse_reply(text, turn_index=2)
+        assert parsed.error == "" and [c.function.name for c in parsed.calls] == [i["name"] for i in items]
+        assert [c.id for c in parsed.calls] == [f"call_2_{i}" for i in range(len(items))]
+        assert [json.loads(c.function.arguments) for c in parsed.calls] == [i["arguments"] for i in items]
+
+
+def test_an_array_reply_with_a_bad_item_is_a_counted_malformed_call():
+    parsed = parse_reply('[{"name": "now", "arguments": {}}, {"arguments": {}}]')
+    assert [c.function.name for c in parsed.calls] == ["now"] and "tool call 1" in parsed.error
+    assert parse_reply("[1, 2").calls == [] and parse_reply("[]").calls == []
