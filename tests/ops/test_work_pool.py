@@ -17,14 +17,14 @@ POOL = "r2w-ops-pool"
 HOLD_S = 6.0
 
 
-def _run(server: LoopbackPrefect, model: str, record: Path):
+def _run(server: LoopbackPrefect, model: str, record: Path, meet: str = ""):
+    """Start one run of the slot flow; `meet`: it holds its slot until a run of that model has started too."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    parameters = {"model": model, "hold_s": HOLD_S, "record": str(record), "meet": meet}
     with temporary_settings({PREFECT_API_URL: server.api_url}):
-        return run_deployment(
-            "slot-test/slot-test", parameters={"model": model, "hold_s": HOLD_S, "record": str(record)}, timeout=0
-        )
+        return run_deployment("slot-test/slot-test", parameters=parameters, timeout=0)
 
 
 def _finished(server: LoopbackPrefect, runs: list) -> list:
@@ -106,7 +106,8 @@ def test_two_workers_run_two_models_at_once_and_one_model_in_turn(prefect_server
     record.touch()
 
     # two models: both runs hold their own model's slot at the same time
-    runs = [_run(prefect_server, m, record) for m in ("model-a", "model-b")]
+    pairs = (("model-a", "model-b"), ("model-b", "model-a"))
+    runs = [_run(prefect_server, m, record, meet=other) for m, other in pairs]
     wait_for("both models' runs to complete", lambda: _finished(prefect_server, runs), 240, every=1)
     (a,), (b,) = _entries(record, "model-a"), _entries(record, "model-b")
     assert a["start"] < b["end"] and b["start"] < a["end"], f"two models did not overlap: {a} {b}"
