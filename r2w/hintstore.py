@@ -198,7 +198,7 @@ class HintStore:
         if cfg.chroma_url:
             url = urlparse(cfg.chroma_url)
             if not url.hostname:
-                raise ValueError(f"hints.chroma_url: expected http://host:port, got {cfg.chroma_url!r}")
+                raise ValueError(f"hints.chroma_url: expected http://host:port, got {scrub_text(repr(cfg.chroma_url))}")
             try:
                 self.client = chromadb.HttpClient(
                     host=url.hostname, port=url.port or 8000, ssl=url.scheme == "https", settings=settings

@@ -213,14 +213,14 @@ class OpenAIServerBackend:
             raise ServerError(self._error(url, exc.response, f"after {attempts} attempts"), status) from None
         except httpx.HTTPError as exc:
             why = redact(str(exc), self._api_key)
-            raise ServerError(f"{url}: cannot reach the server after {attempts} attempts ({why})") from None
+            raise ServerError(f"{scrub_text(url)}: cannot reach the server after {attempts} attempts ({why})") from None
         if response.status_code != 200:
             raise ServerError(self._error(url, response, "not retried"), response.status_code)
         return response
 
     def _error(self, url: str, response: httpx.Response, note: str) -> str:
         text = redact(response.text[:500], self._api_key)
-        return f"{url}: HTTP {response.status_code} ({note}): {text}"
+        return f"{scrub_text(url)}: HTTP {response.status_code} ({note}): {text}"
 
     def request_body(
         self,
